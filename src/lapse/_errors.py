@@ -1,0 +1,28 @@
+"""The exceptions lapse raises into user code.
+
+Instrumentation never raises; these come from explicit calls (``configure``,
+``load``, ``sql``, the CLI) where failing fast with a clear message is the
+kind thing to do::
+
+    LapseError
+     ├── ConfigError      a setting has a bad value; the message names it, the value and the fix
+     └── StoreError       the store directory cannot be read or holds no events where some were asked for
+"""
+
+from __future__ import annotations
+
+
+class LapseError(Exception):
+    """Base class of every error lapse raises on purpose."""
+
+
+class ConfigError(LapseError, ValueError):
+    """A setting has a value lapse cannot use.
+
+    The message names the setting (argument and ``LAPSE_*`` variable), the bad
+    value and what would be accepted, so it can be fixed without reading code.
+    """
+
+
+class StoreError(LapseError):
+    """The store cannot be read or changed as asked (missing directory, bad query)."""

@@ -1,0 +1,211 @@
+"""Turning buffered raw tuples into stored rows, in the background writer.
+
+The hot path appends one of two tuple shapes (see ``lapse._instrument``)::
+
+    minimal:           (instrument, t0, duration, error_class)
+    standard / debug:  (instrument, t0, duration, error_class, span_id, trace_id,
+                        parent_id, thread_name, caller_code, attrs, debug_extra)
+
+where ``instrument`` is an index into ``lapse._instrument.INSTRUMENTS`` (or,
+for a ``with`` block, the Instrument itself), ``t0`` is ``perf_counter_ns()``
+and ``debug_extra`` is None at standard level, else ``(stack, user, cpu_ns)``.
+Everything costly (names, JSON, wall-clock conversion, redaction,
+pseudonymisation) happens here, column by column.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from lapse import _capture
+from lapse.store import _layout
+from lapse.store._schema import event_schema, run_schema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from lapse._recorder import Run
+
+COMPRESSION = "zstd"
+
+
+def encode_events(batch: Sequence[tuple[Any, ...]], run: Run) -> pa.Table:
+    """One Arrow table (the event schema) from a batch of raw tuples."""
+    import pyarrow as pa
+
+    # perf_counter_ns() has an arbitrary origin; anchor it to the wall clock now,
+    # so each flush corrects for any drift between the two clocks.
+    offset = time.time_ns() - time.perf_counter_ns()
+    minimal = [event for event in batch if len(event) == 4]
+    detailed = [event for event in batch if len(event) != 4]
+    tables = []
+    if minimal:
+        tables.append(_encode_minimal(minimal, run, offset))
+    if detailed:
+        tables.append(_encode_detailed(detailed, run, offset))
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables)
+
+
+def _common_columns(
+    instruments: Sequence[Any],
+    starts: Sequence[int],
+    durations: Sequence[int],
+    errors: Sequence[type[BaseException] | None],
+    offset: int,
+) -> dict[str, pa.Array]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(starts)
+    if errors.count(None) == n:
+        status = pa.repeat(pa.scalar("ok"), n)
+        error_type = pa.nulls(n, pa.string())
+    else:
+        status = pa.array(["ok" if e is None else "error" for e in errors], pa.string())
+        error_type = pa.array([None if e is None else _error_name(e) for e in errors], pa.string())
+    return {
+        "name": pa.array([i.name for i in instruments], pa.string()),
+        "kind": pa.array([i.kind for i in instruments], pa.string()),
+        "start_ns": pc.add(pa.array(starts, pa.int64()), offset),
+        "duration_ns": pa.array(durations, pa.int64()),
+        "status": status,
+        "error_type": error_type,
+    }
+
+
+def _encode_minimal(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
+    import pyarrow as pa
+
+    instruments, starts, durations, errors = zip(*batch, strict=True)
+    columns = _common_columns(_instruments(instruments), starts, durations, errors, offset)
+    n = len(batch)
+    columns["level"] = pa.repeat(pa.scalar("minimal"), n)
+    columns["run_id"] = pa.repeat(pa.scalar(run.run_id), n)
+    return _table(columns, n)
+
+
+def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
+    import pyarrow as pa
+
+    (keys, starts, durations, errors, spans, traces, parents, threads, callers, attrs, extras) = (
+        zip(*batch, strict=True)
+    )
+    n = len(batch)
+    instruments = _instruments(keys)
+    columns = _common_columns(instruments, starts, durations, errors, offset)
+    columns["run_id"] = pa.repeat(pa.scalar(run.run_id), n)
+    columns["span_id"] = pa.array(spans, pa.int64())
+    columns["trace_id"] = pa.array(traces, pa.int64())
+    columns["parent_id"] = pa.array(parents, pa.int64())
+    columns["thread"] = pa.array(threads, pa.string())
+    names: dict[Any, str] = {}
+    columns["caller"] = pa.array(
+        [None if c is None else names.get(c) or names.setdefault(c, _capture.code_name(c))
+         for c in callers],
+        pa.string(),
+    )
+    columns["attrs"] = pa.array(
+        [_attrs_json(i.attrs, a) for i, a in zip(instruments, attrs, strict=True)], pa.string()
+    )
+    if extras.count(None) == n:
+        columns["level"] = pa.repeat(pa.scalar("standard"), n)
+    else:
+        columns["level"] = pa.array(["standard" if x is None else "debug" for x in extras])
+        settings = run.settings
+        default_user = run.resource.get("user")
+        columns["stack"] = pa.array(
+            [None if x is None or x[0] is None else _format_stack(x[0]) for x in extras],
+            pa.list_(pa.string()),
+        )
+        columns["user"] = pa.array(
+            [None if x is None else _user(x[1], settings.user_key, default_user) for x in extras],
+            pa.string(),
+        )
+        columns["cpu_ns"] = pa.array([None if x is None else x[2] for x in extras], pa.int64())
+    return _table(columns, n)
+
+
+def _instruments(keys: Sequence[Any]) -> list[Any]:
+    from lapse._instrument import INSTRUMENTS
+
+    return [INSTRUMENTS[k] if type(k) is int else k for k in keys]
+
+
+def _table(columns: dict[str, pa.Array], n: int) -> pa.Table:
+    import pyarrow as pa
+
+    schema = event_schema()
+    arrays = [columns.get(f.name) for f in schema]
+    return pa.Table.from_arrays(
+        [a if a is not None else pa.nulls(n, f.type) for a, f in zip(arrays, schema, strict=True)],
+        schema=schema,
+    )
+
+
+def _error_name(error: type[BaseException]) -> str:
+    module = error.__module__
+    return error.__qualname__ if module == "builtins" else f"{module}.{error.__qualname__}"
+
+
+def _attrs_json(static: dict[str, Any] | None, dynamic: dict[str, Any] | None) -> str | None:
+    if not static and not dynamic:
+        return None
+    merged = {**static, **dynamic} if static and dynamic else (static or dynamic)
+    assert merged is not None
+    return json.dumps(_capture.clean_attrs(merged), default=str, allow_nan=True)
+
+
+def _format_stack(frames: Sequence[tuple[Any, int]]) -> list[str]:
+    return [_capture.format_frame(code, line) for code, line in frames]
+
+
+def _user(raw: object, key: str | None, default: str | None) -> str | None:
+    if raw is None:
+        return default
+    return _capture.pseudonymise(raw, key)
+
+
+def write_segment(run: Run, table: pa.Table, sequence: int) -> None:
+    """Write one immutable segment ``events/<run_id>-<sequence>.parquet`` atomically."""
+    import pyarrow.parquet as pq
+
+    root = run.settings.dir
+    _layout.ensure_dirs(root)
+    target = _layout.events_dir(root) / f"{run.run_id}-{sequence:06d}{_layout.SEGMENT_SUFFIX}"
+    _layout.write_atomically(target, lambda f: pq.write_table(table, f, compression=COMPRESSION))
+
+
+def write_run(run: Run, dropped: dict[str, int]) -> None:
+    """(Re)write the run record ``runs/<run_id>.parquet`` atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row: dict[str, Any] = {
+        "run_id": run.run_id,
+        "kind": "process",
+        "pid": run.pid,
+        "level": _level_name(run.settings.level),
+        "started_ns": run.started_ns,
+        "updated_ns": time.time_ns(),
+        "ended_ns": run.ended_ns,
+        "dropped": sum(dropped.values()),
+        **{f"dropped_{reason}": count for reason, count in dropped.items()},
+        **run.resource,
+    }
+    schema = run_schema()
+    table = pa.Table.from_pylist([{f.name: row.get(f.name) for f in schema}], schema=schema)
+    root = run.settings.dir
+    _layout.ensure_dirs(root)
+    target = _layout.runs_dir(root) / f"{run.run_id}{_layout.SEGMENT_SUFFIX}"
+    _layout.write_atomically(target, lambda f: pq.write_table(table, f, compression=COMPRESSION))
+
+
+def _level_name(level: int) -> str:
+    from lapse._config import LEVEL_NAMES
+
+    return LEVEL_NAMES.get(level, "standard")
