@@ -162,7 +162,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_age", "LAPSE_MAX_AGE", None, _parse_optional_positive_duration,
            "Retention: `lapse compact` deletes segments whose events are all older."),
     Option("packages", "LAPSE_PACKAGES", ",".join(DEFAULT_PACKAGES), _parse_packages,
-           "Packages whose installed versions a debug run records (comma-separated)."),
+           "Packages whose installed versions each run records (comma-separated)."),
     Option("user_key", "LAPSE_USER_KEY", None, _parse_optional_text,
            "Secret key for pseudonymising users at debug level; never stored. "
            "Without it no user is recorded."),

@@ -580,7 +580,7 @@ def timed(
     values become attributes (no argument is ever captured otherwise); other
     keywords are constant attributes of every call.
     """
-    if callable(fn_or_name):
+    if callable(fn_or_name) or isinstance(fn_or_name, classmethod | staticmethod):
         return Instrument()(fn_or_name)
     return Instrument(fn_or_name, level=level, slow=slow, capture=capture, attrs=attrs)
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lapse import _capture
-from lapse.store import _layout
+from lapse.store import _arrow, _layout
 from lapse.store._schema import event_schema, run_schema
 
 if TYPE_CHECKING:
@@ -59,74 +59,66 @@ def _common_columns(
     offset: int,
 ) -> dict[str, pa.Array]:
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     n = len(starts)
     if errors.count(None) == n:
-        status = pa.repeat(pa.scalar("ok"), n)
+        status = _arrow.constant("ok", n)
         error_type = pa.nulls(n, pa.string())
     else:
-        status = pa.array(["ok" if e is None else "error" for e in errors], pa.string())
-        error_type = pa.array([None if e is None else _error_name(e) for e in errors], pa.string())
+        status = _arrow.strings(["ok" if e is None else "error" for e in errors])
+        error_type = _arrow.strings([None if e is None else _error_name(e) for e in errors])
     return {
-        "name": pa.array([i.name for i in instruments], pa.string()),
-        "kind": pa.array([i.kind for i in instruments], pa.string()),
-        "start_ns": pc.add(pa.array(starts, pa.int64()), offset),
-        "duration_ns": pa.array(durations, pa.int64()),
+        "name": _arrow.strings([i.name for i in instruments]),
+        "kind": _arrow.strings([i.kind for i in instruments]),
+        "start_ns": _arrow.int64_plus(starts, offset),
+        "duration_ns": _arrow.int64(durations),
         "status": status,
         "error_type": error_type,
     }
 
 
 def _encode_minimal(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
-    import pyarrow as pa
-
     instruments, starts, durations, errors = zip(*batch, strict=True)
     columns = _common_columns(_instruments(instruments), starts, durations, errors, offset)
     n = len(batch)
-    columns["level"] = pa.repeat(pa.scalar("minimal"), n)
-    columns["run_id"] = pa.repeat(pa.scalar(run.run_id), n)
+    columns["level"] = _arrow.constant("minimal", n)
+    columns["run_id"] = _arrow.constant(run.run_id, n)
     return _table(columns, n)
 
 
 def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
-    import pyarrow as pa
-
     (keys, starts, durations, errors, spans, traces, parents, threads, callers, attrs, extras) = (
         zip(*batch, strict=True)
     )
     n = len(batch)
     instruments = _instruments(keys)
     columns = _common_columns(instruments, starts, durations, errors, offset)
-    columns["run_id"] = pa.repeat(pa.scalar(run.run_id), n)
-    columns["span_id"] = pa.array(spans, pa.int64())
-    columns["trace_id"] = pa.array(traces, pa.int64())
-    columns["parent_id"] = pa.array(parents, pa.int64())
-    columns["thread"] = pa.array(threads, pa.string())
+    columns["run_id"] = _arrow.constant(run.run_id, n)
+    columns["span_id"] = _arrow.int64(spans)
+    columns["trace_id"] = _arrow.int64(traces)
+    columns["parent_id"] = _arrow.int64(parents)
+    columns["thread"] = _arrow.strings(threads)
     names: dict[Any, str] = {}
-    columns["caller"] = pa.array(
+    columns["caller"] = _arrow.strings(
         [None if c is None else names.get(c) or names.setdefault(c, _capture.code_name(c))
-         for c in callers],
-        pa.string(),
+         for c in callers]
     )
-    columns["attrs"] = pa.array(
-        [_attrs_json(i.attrs, a) for i, a in zip(instruments, attrs, strict=True)], pa.string()
+    columns["attrs"] = _arrow.strings(
+        [_attrs_json(i.attrs, a) for i, a in zip(instruments, attrs, strict=True)]
     )
     if extras.count(None) == n:
-        columns["level"] = pa.repeat(pa.scalar("standard"), n)
+        columns["level"] = _arrow.constant("standard", n)
     else:
-        columns["level"] = pa.array(["standard" if x is None else "debug" for x in extras])
+        columns["level"] = _arrow.strings(["standard" if x is None else "debug" for x in extras])
         settings = run.settings
         default_user = run.resource.get("user")
-        columns["stack"] = pa.array(
-            [None if x is None or x[0] is None else _format_stack(x[0]) for x in extras],
-            pa.list_(pa.string()),
+        columns["stack"] = _arrow.string_lists(
+            [None if x is None or x[0] is None else _format_stack(x[0]) for x in extras]
         )
-        columns["user"] = pa.array(
-            [None if x is None else _user(x[1], settings.user_key, default_user) for x in extras],
-            pa.string(),
+        columns["user"] = _arrow.strings(
+            [None if x is None else _user(x[1], settings.user_key, default_user) for x in extras]
         )
-        columns["cpu_ns"] = pa.array([None if x is None else x[2] for x in extras], pa.int64())
+        columns["cpu_ns"] = _arrow.int64([None if x is None else x[2] for x in extras])
     return _table(columns, n)
 
 
@@ -198,7 +190,11 @@ def write_run(run: Run, dropped: dict[str, int]) -> None:
         **run.resource,
     }
     schema = run_schema()
-    table = pa.Table.from_pylist([{f.name: row.get(f.name) for f in schema}], schema=schema)
+    arrays = [
+        _arrow.int64([row.get(f.name)]) if f.type == pa.int64() else _arrow.strings([row.get(f.name)])
+        for f in schema
+    ]
+    table = pa.Table.from_arrays(arrays, schema=schema)
     root = run.settings.dir
     _layout.ensure_dirs(root)
     target = _layout.runs_dir(root) / f"{run.run_id}{_layout.SEGMENT_SUFFIX}"

@@ -1,0 +1,31 @@
+"""`lapse demo` runs end to end: a real model scored from spawned worker processes."""
+
+from __future__ import annotations
+
+import pytest
+
+import lapse
+from tests.recording import lapse_cli
+
+
+@pytest.mark.slow
+def test_demo_records_every_batch_from_every_worker(tmp_path):
+    """The demo's store holds exactly one event per batch scored, from one run per process."""
+    store = tmp_path / "demo"
+    result = lapse_cli("demo", "--workers", "2", "--batches", "5", store=store, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for heading in ("lapse runs", "lapse tail", "per event"):
+        assert heading in result.stdout
+    counts = dict(lapse.sql(
+        "select name, count(*) from events group by name", store).to_pylist()[i].values()
+        for i in range(4))
+    assert counts == {"demo.train": 1, "demo.load_model": 2, "demo.predict_batch": 10,
+                      "demo.preprocess": 10}
+    runs = lapse.sql("select count(*) as n, count(distinct pid) as pids from runs", store)
+    assert runs.to_pylist() == [{"n": 3, "pids": 3}]
+    nested = lapse.sql("""
+        select count(*) as n from events c join events p
+          on c.parent_id = p.span_id and c.run_id = p.run_id
+        where c.name = 'demo.preprocess' and p.name = 'demo.predict_batch'
+    """, store)
+    assert nested.to_pylist() == [{"n": 10}]
