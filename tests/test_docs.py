@@ -1,4 +1,4 @@
-"""The docs are true: the README's commands and example run, the schema and settings tables match the code."""
+"""The docs are true: README commands and example run; schema and settings tables match code."""
 
 from __future__ import annotations
 

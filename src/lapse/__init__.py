@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from lapse._control import configure, flush, reset, shutdown, status
 from lapse._errors import ConfigError, LapseError, StoreError
-from lapse._instrument import ActiveSpan, Instrument, set, span, timed, user
+from lapse._instrument import ActiveSpan, Instrument, set, span, timed, user  # noqa: A004
 
 if TYPE_CHECKING:
     import pyarrow as pa

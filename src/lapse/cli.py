@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     compact.set_defaults(handler=cmd_compact)
 
     purge = commands.add_parser("purge", parents=[common], help=cmd_purge.__doc__,
-                                description=cmd_purge.__doc__ + " The user id is turned into "
+                                description=f"{cmd_purge.__doc__} The user id is turned into "
                                 "its pseudonym with LAPSE_USER_KEY, the key used when recording.")
     who = purge.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", metavar="ID", help="the user's id as given to lapse.user()")

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from lapse._capture import pseudonymise
 from lapse._errors import ConfigError, StoreError
@@ -163,11 +163,23 @@ def _merge(root: Path, sources: list[Path]) -> None:
     target = folder / f"compacted-{stamp}-{secrets.token_hex(4)}{_layout.SEGMENT_SUFFIX}"
     journal = folder / f"{_layout.JOURNAL_PREFIX}{target.stem}.json"
     plan = {"target": target.name, "sources": [p.name for p in sources]}
-    _layout.write_atomically(journal, lambda f: f.write(json.dumps(plan).encode()))
+    _layout.write_atomically(journal, lambda f: _write_bytes(f, json.dumps(plan).encode()))
     _layout.write_atomically(target, lambda f: pq.write_table(table, f, compression=COMPRESSION))
     for path in sources:
         path.unlink(missing_ok=True)
     journal.unlink(missing_ok=True)
+
+
+def _write_bytes(handle: BinaryIO, data: bytes) -> None:
+    handle.write(data)
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    import pyarrow.parquet as pq
+
+    from lapse.store._segments import COMPRESSION
+
+    _layout.write_atomically(path, lambda f: pq.write_table(table, f, compression=COMPRESSION))
 
 
 @dataclass
@@ -193,7 +205,6 @@ def purge(
     import pyarrow.parquet as pq
 
     from lapse.store._read import _conform
-    from lapse.store._segments import COMPRESSION
 
     _require_store(root)
     if pseudonym is None:
@@ -219,9 +230,7 @@ def purge(
             if hits:
                 kept = _conform(table.filter(pc.invert(pc.fill_null(matches, False))),
                                 event_schema())
-                _layout.write_atomically(
-                    path, lambda f, t=kept: pq.write_table(t, f, compression=COMPRESSION)
-                )
+                _write_table(path, kept)
                 result.events_removed += hits
                 result.segments_rewritten += 1
         if progress:
@@ -233,8 +242,6 @@ def purge(
                 runs.schema.get_field_index("user"), "user",
                 pc.if_else(pc.equal(runs.column("user"), pseudonym), None, runs.column("user")),
             )
-            _layout.write_atomically(
-                path, lambda f, t=cleared: pq.write_table(t, f, compression=COMPRESSION)
-            )
+            _write_table(path, cleared)
             result.runs_cleared += 1
     return result

@@ -184,12 +184,14 @@ def _flush_own_events(root: Path) -> None:
     from lapse._recorder import RECORDER
 
     settings = RECORDER.settings
-    if settings is not None and RECORDER.run is not None and settings.dir.absolute() == root.absolute():
+    if settings is None or RECORDER.run is None:
+        return
+    if settings.dir.absolute() == root.absolute():
         RECORDER.flush()
 
 
 def sql(sql_text: str, dir: str | os.PathLike[str] | None = None) -> pa.Table:  # noqa: A002
-    """Run DuckDB SQL over the store (views ``events``, ``events_raw``, ``runs``); an Arrow table."""
+    """Run DuckDB SQL over the store's views ``events``, ``events_raw`` and ``runs``."""
     return query(sql_text, (), dir)
 
 

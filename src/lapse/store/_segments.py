@@ -191,7 +191,8 @@ def write_run(run: Run, dropped: dict[str, int]) -> None:
     }
     schema = run_schema()
     arrays = [
-        _arrow.int64([row.get(f.name)]) if f.type == pa.int64() else _arrow.strings([row.get(f.name)])
+        _arrow.int64([row.get(f.name)]) if f.type == pa.int64()
+        else _arrow.strings([row.get(f.name)])
         for f in schema
     ]
     table = pa.Table.from_arrays(arrays, schema=schema)
