@@ -17,27 +17,36 @@ Importing lapse is cheap and has no side effects: no threads start, no
 environment is read, nothing heavy (pyarrow, DuckDB) is imported until used.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+# No `from __future__ import annotations` and only private aliases of typing
+# names: every public name of this module is one listed in __all__.
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from lapse._control import configure, flush, reset, shutdown, status
 from lapse._errors import ConfigError, LapseError, StoreError
 from lapse._instrument import ActiveSpan, Instrument, set, span, timed, user  # noqa: A004
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
+    from collections.abc import Iterable as _Iterable
+    from collections.abc import Sequence as _Sequence
+
     import pyarrow as pa
+
+    from lapse.reporting import Report
 
 __all__ = [
     "ActiveSpan",
     "ConfigError",
     "Instrument",
     "LapseError",
+    "Report",
     "StoreError",
     "__version__",
     "configure",
+    "fivenum",
     "flush",
     "load",
+    "report",
     "reset",
     "set",
     "shutdown",
@@ -50,27 +59,61 @@ __all__ = [
 
 
 def load(
-    dir: Any = None,  # noqa: A002 - matches configure(dir=)
+    dir: _Any = None,  # noqa: A002 - matches configure(dir=)
     *,
     since: object = None,
     until: object = None,
-    name: Any = None,
-    run: Any = None,
-) -> pa.Table:
+    name: _Any = None,
+    run: _Any = None,
+) -> "pa.Table":
     """Events of a store as a pyarrow Table, oldest first (see ``lapse.store``)."""
     from lapse.store._read import load as _load
 
     return _load(dir, since=since, until=until, name=name, run=run)
 
 
-def sql(query: str, dir: Any = None) -> pa.Table:  # noqa: A002 - matches configure(dir=)
+def sql(query: str, dir: _Any = None) -> "pa.Table":  # noqa: A002 - matches configure(dir=)
     """Run DuckDB SQL over the store's ``events``, ``events_raw`` and ``runs`` views."""
     from lapse.store._read import sql as _sql
 
     return _sql(query, dir)
 
 
-def __getattr__(name: str) -> Any:
+def report(
+    dir: _Any = None,  # noqa: A002 - matches configure(dir=)
+    *,
+    by: "str | _Sequence[str]" = (),
+    since: object = None,
+    until: object = None,
+    name: "str | _Sequence[str] | None" = None,
+    run: "str | _Sequence[str] | None" = None,
+    service: "str | None" = None,
+    version: "str | None" = None,
+    where: "str | _Sequence[str]" = (),
+) -> "Report":
+    """Per event (and ``by`` group): calls, errors, throughput, five-number summary, percentiles.
+
+    Returns a Report: a table in Jupyter and terminals, ``.to_pandas()``,
+    ``.to_arrow()``, ``.to_json()``, ``.to_html()`` (see ``lapse.reporting.report``).
+    """
+    from lapse.reporting import report as _report
+
+    return _report(dir, by=by, since=since, until=until, name=name, run=run, service=service,
+                   version=version, where=where)
+
+
+def fivenum(values: "_Iterable[float]") -> tuple[float, float, float, float, float]:
+    """Tukey's five-number summary, exactly as R's ``fivenum()`` (NaNs ignored)."""
+    from lapse.analysis.fivenum import fivenum as _fivenum
+
+    return _fivenum(values)
+
+
+def __getattr__(name: str) -> _Any:
+    if name == "Report":
+        from lapse.reporting import Report
+
+        return Report
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -79,3 +122,7 @@ def __getattr__(name: str) -> Any:
         except PackageNotFoundError:
             return "0.0.0"
     raise AttributeError(f"module 'lapse' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "__version__"})

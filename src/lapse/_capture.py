@@ -33,13 +33,20 @@ _SECRET_WORDS = frozenset(
         "signature", "bearer", "jwt", "otp", "pin", "ssn",
     }
 )
+# Run-together spellings ("dbpassword", "clientSecrets", "accesstoken") are
+# caught by these parts anywhere in the key, and by a final "token"; shorter
+# words ("key", "pin", "auth") only count as whole words.
+_SECRET_PARTS = ("password", "passwd", "passphrase", "secret", "credential", "apikey")
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
 def is_secret_key(key: str) -> bool:
     """Whether an attribute named ``key`` must have its value redacted."""
     words = [word.lower() for word in _WORD.findall(key)]
-    return any(word in _SECRET_WORDS for word in words) or "apikey" in "".join(words)
+    if any(word in _SECRET_WORDS for word in words):
+        return True
+    joined = "".join(words)
+    return any(part in joined for part in _SECRET_PARTS) or joined.endswith("token")
 
 
 def _home_dirs() -> tuple[str, ...]:
@@ -61,15 +68,45 @@ def mask_home(text: str) -> str:
         _HOMES = _home_dirs()
     for home in _HOMES:
         if home in text:
-            text = text.replace(home, "~")
+            # Only the directory itself: /home/al must not turn /home/alice into ~ice.
+            text = re.sub(re.escape(home) + r"(?![\w.-])", "~", text)
     return text
 
 
 def code_name(code: CodeType) -> str:
     """``module:qualname`` of a code object, the stored form of a caller."""
-    module = Path(code.co_filename).stem
     qualname = getattr(code, "co_qualname", code.co_name)
-    return f"{module}:{qualname}"
+    return f"{module_name(code.co_filename)}:{qualname}"
+
+
+_MODULE_NAMES: dict[str, str] = {}
+
+
+def module_name(filename: str) -> str:
+    """The dotted name of the module loaded from ``filename`` (``pkg.jobs``).
+
+    Found through ``sys.modules`` (each module's ``__file__`` is the
+    ``co_filename`` of its code); a script run as ``__main__`` and code from no
+    module (``<string>``) are named by their file's stem. Cached per file, so
+    ``sys.modules`` is scanned at most once per new file.
+    """
+    try:
+        return _MODULE_NAMES[filename]
+    except KeyError:
+        pass
+    for loaded, module in sys.modules.copy().items():
+        try:
+            namespace = vars(module)
+            file = namespace.get("__file__")
+            if not isinstance(file, str) or file in _MODULE_NAMES:
+                continue
+            if loaded == "__main__":
+                spec = namespace.get("__spec__")
+                loaded = getattr(spec, "name", None) or Path(file).stem  # noqa: PLW2901
+            _MODULE_NAMES[file] = loaded
+        except Exception:  # noqa: BLE001,S112 - sys.modules may hold any object
+            continue
+    return _MODULE_NAMES.setdefault(filename, Path(filename).stem)
 
 
 def format_frame(code: CodeType, lineno: int) -> str:

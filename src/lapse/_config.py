@@ -47,8 +47,10 @@ def parse_duration_ns(value: object, setting: str) -> int:
         raise _bad(setting, value, "a duration such as 250ms, 1.5s, 10m, 7d, or a number of seconds")
     if isinstance(value, int | float):
         seconds = float(value)
-        if seconds < 0 or seconds != seconds:
+        if not seconds >= 0:  # also rejects NaN
             raise _bad(setting, value, "a duration of zero or more")
+        if seconds == float("inf"):
+            raise _bad(setting, value, "a finite duration")
         return round(seconds * 1e9)
     match = _DURATION.match(str(value))
     if match is None or match.group(2) not in ("", *_UNITS_NS):
@@ -59,7 +61,10 @@ def parse_duration_ns(value: object, setting: str) -> int:
             "or a number of seconds",
         )
     number, unit = match.groups()
-    return round(float(number) * _UNITS_NS[unit or "s"])
+    ns = float(number) * _UNITS_NS[unit or "s"]
+    if ns == float("inf"):
+        raise _bad(setting, value, "a finite duration")
+    return round(ns)
 
 
 def parse_level(value: object, setting: str = "level") -> int:
@@ -191,10 +196,17 @@ def resolve(
     arguments: Mapping[str, object], environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Build Settings from arguments, then ``LAPSE_*`` variables, then defaults."""
-    unknown = set(arguments) - set(OPTIONS_BY_NAME)
+    unknown = sorted(set(arguments) - set(OPTIONS_BY_NAME))
     if unknown:
+        import difflib
+
+        hints = [
+            f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
+            for name in unknown
+            for close in [difflib.get_close_matches(name, OPTIONS_BY_NAME, n=1)]
+        ]
         raise ConfigError(
-            f"configure() got unknown setting(s) {', '.join(sorted(unknown))}; "
+            f"configure() got unknown setting(s) {', '.join(hints)}; "
             f"known settings are {', '.join(OPTIONS_BY_NAME)}."
         )
     environ = os.environ if environ is None else environ

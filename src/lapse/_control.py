@@ -26,13 +26,15 @@ def configure(
     max_age: str | float | None = None,
     packages: list[str] | str | None = None,
     user_key: str | None = None,
+    **unknown: object,
 ) -> Settings:
     """Set up lapse for this process; optional, since defaults and ``LAPSE_*`` variables work.
 
     Arguments win over ``LAPSE_*`` variables, which win over defaults (see
     docs/configuration.md). Bad values raise ConfigError naming the setting;
     the store directory is created (owner-only) and checked for writing now,
-    so a mistake shows here rather than as dropped events later.
+    so a mistake shows here rather than as dropped events later. A misspelt
+    setting name is a ConfigError too, suggesting the setting meant.
 
     Settings given here are also exported as ``LAPSE_*`` variables, so worker
     processes started with ``spawn`` (or any subprocess) record to the same store.
@@ -44,7 +46,7 @@ def configure(
         "packages": packages, "user_key": user_key,
     }
     given = {name: value for name, value in arguments.items() if value is not None}
-    settings = resolve(given)
+    settings = resolve({**unknown, **given})  # a misspelt setting is a ConfigError too
     settings = _with_absolute_dir(settings)
     _check_writable(settings.dir)
     RECORDER.configure(settings)

@@ -6,7 +6,7 @@ kind thing to do::
 
     LapseError
      ├── ConfigError      a setting has a bad value; the message names it, the value and the fix
-     └── StoreError       the store directory cannot be read or holds no events where some were asked for
+     └── StoreError       the store cannot be read or changed as asked
 """
 
 from __future__ import annotations

@@ -53,6 +53,8 @@ _getframe = sys._getframe
 _current_thread = threading.current_thread
 _thread_names = threading.local()
 
+_NO_DEFAULT = object()
+
 INSTRUMENTS: list[Instrument] = []
 """Every instrument bound to a decorated function; events refer to them by index."""
 
@@ -85,7 +87,7 @@ class Instrument:
         self.slow = None if slow is None else parse_duration_ns(slow, "slow")
         self.capture = tuple(capture)
         self.attrs = dict(attrs) if attrs else None
-        self._capture_positions: tuple[tuple[str, int | None], ...] = ()
+        self._capture_positions: tuple[tuple[str, int | None, object], ...] = ()
         self.key: int | Instrument = self
 
     def __repr__(self) -> str:
@@ -96,7 +98,7 @@ class Instrument:
     def __call__(self, fn: F) -> F:
         """Wrap ``fn``; returns a function with the same metadata and signature."""
         if isinstance(fn, classmethod | staticmethod):
-            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
+            return type(fn)(self(fn.__func__))
         if not callable(fn):
             raise ConfigError(
                 f"lapse can only decorate functions, not {type(fn).__name__} {fn!r}. "
@@ -129,11 +131,13 @@ class Instrument:
         from lapse._capture import summarize_value
 
         values: dict[str, Any] = {}
-        for name, position in self._capture_positions:
+        for name, position, default in self._capture_positions:
             if name in kwargs:
                 values[name] = summarize_value(kwargs[name])
             elif position is not None and position < len(args):
                 values[name] = summarize_value(args[position])
+            elif default is not _NO_DEFAULT:
+                values[name] = summarize_value(default)
         return values or None
 
     # -- context manager ------------------------------------------------------------
@@ -164,14 +168,7 @@ class Instrument:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        t1 = perf_counter_ns()
-        current = _current.get()
-        if current is None or len(current) < 4 or current[3].instrument is not self:
-            return  # off, or the enter failed: nothing to record
-        active: ActiveSpan = current[3]
-        _reset(active.token, current)
-        _finish(self, active.level, active.t0, t1, exc_type, active.ctx, active.parent,
-                active.cpu0)
+        self._close(perf_counter_ns(), exc_type)
 
     async def __aenter__(self) -> ActiveSpan:
         return self.__enter__()
@@ -182,7 +179,17 @@ class Instrument:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, traceback)
+        self._close(perf_counter_ns(), exc_type)
+
+    def _close(self, t1: int, exc_type: type[BaseException] | None) -> None:
+        """Record the innermost open block of this instrument (the caller is 3 frames up)."""
+        current = _current.get()
+        if current is None or len(current) < 4 or current[3].instrument is not self:
+            return  # off, or the enter failed: nothing to record
+        active: ActiveSpan = current[3]
+        _reset(active.token, current)
+        _finish(self, active.level, active.t0, t1, exc_type, active.ctx, active.parent,
+                active.cpu0, depth=3)
 
 
 class ActiveSpan:
@@ -271,15 +278,17 @@ def _finish(
     ctx: list[Any] | None,
     parent: int | None,
     cpu0: int,
+    *,
+    depth: int = 2,
 ) -> None:
-    """Record one finished call (its caller is two frames up). Never raises."""
+    """Record one finished call (its caller is ``depth`` frames up). Never raises."""
     try:
         recorder = RECORDER
         if level == MINIMAL or ctx is None:
             event: tuple[Any, ...] = (instrument.key, t0, t1 - t0, error)
         else:
             try:
-                frame: FrameType | None = _getframe(2)
+                frame: FrameType | None = _getframe(depth)
             except ValueError:
                 frame = None
             extra = None if level != DEBUG else _debug_detail(instrument, frame, t1 - t0, cpu0)
@@ -307,7 +316,7 @@ def _debug_detail(
 
 def _stack(frame: FrameType | None) -> list[tuple[CodeType, int]]:
     """Raw frames (code, line), outermost first, at most MAX_STACK_DEPTH innermost ones."""
-    frames = []
+    frames: list[tuple[CodeType, int]] = []
     while frame is not None and len(frames) < MAX_STACK_DEPTH:
         frames.append((frame.f_code, frame.f_lineno))
         frame = frame.f_back
@@ -430,20 +439,24 @@ def _wrap_generator(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
         ctx, parent = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
         error = None
         t0 = perf_counter_ns()
+        # What the body sees as current: its own span, or a span it left open
+        # across a `yield` (`with lapse.span(...)` around a `yield`).
+        inside = ctx
         try:
             sent: Any = None
             thrown: BaseException | None = None
             while True:
-                # The span is current only while the generator body runs, never
+                # The body's span is current only while the body runs, never
                 # while its consumer does (a plain `yield from` would leak it).
-                token = None if ctx is None else _current.set(ctx)
+                token = None if inside is None else _current.set(inside)
                 try:
                     item = inner.send(sent) if thrown is None else inner.throw(thrown)
                 except StopIteration as stop:
                     return stop.value
                 finally:
                     if token is not None:
-                        _reset(token, ctx)
+                        inside = _current.get()
+                        _reset(token, inside)
                 thrown = None
                 try:
                     sent = yield item
@@ -466,20 +479,20 @@ def _wrap_generator(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
 def _wrap_async_generator(instrument: Instrument, fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def timed_async_generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        # Unlike a sync generator (`yield from`), an async generator cannot
+        # delegate, so even at level off the protocol (asend, athrow, aclose)
+        # is passed on by hand: `async for` would drop sent values.
         level = _level_of(instrument)
         inner = fn(*args, **kwargs)
-        if level == OFF:
-            async for item in inner:
-                yield item
-            return
-        ctx, parent = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
+        ctx, parent = (None, None) if level <= MINIMAL else _open(instrument, args, kwargs)
         error = None
         t0 = perf_counter_ns()
+        inside = ctx
         try:
             sent: Any = None
             thrown: BaseException | None = None
             while True:
-                token = None if ctx is None else _current.set(ctx)
+                token = None if inside is None else _current.set(inside)
                 try:
                     if thrown is None:
                         item = await inner.asend(sent)
@@ -489,7 +502,8 @@ def _wrap_async_generator(instrument: Instrument, fn: Callable[..., Any]) -> Cal
                     return
                 finally:
                     if token is not None:
-                        _reset(token, ctx)
+                        inside = _current.get()
+                        _reset(token, inside)
                 thrown = None
                 try:
                     sent = yield item
@@ -504,7 +518,8 @@ def _wrap_async_generator(instrument: Instrument, fn: Callable[..., Any]) -> Cal
             error = type(exc)
             raise
         finally:
-            _finish(instrument, level, t0, perf_counter_ns(), error, ctx, parent, 0)
+            if level != OFF:
+                _finish(instrument, level, t0, perf_counter_ns(), error, ctx, parent, 0)
 
     return timed_async_generator
 
@@ -524,14 +539,19 @@ def _qualified_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{qualname or type(fn).__qualname__}"
 
 
-def _positions(fn: Callable[..., Any], names: tuple[str, ...]) -> tuple[tuple[str, int | None], ...]:
-    """Where each captured argument sits among ``fn``'s positional parameters."""
+def _positions(
+    fn: Callable[..., Any], names: tuple[str, ...]
+) -> tuple[tuple[str, int | None, object], ...]:
+    """Where each captured argument sits among ``fn``'s positional parameters, and its default.
+
+    A call that leaves a captured argument out records its default value.
+    """
     import inspect
 
     try:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return tuple((name, None) for name in names)
+        return tuple((name, None, _NO_DEFAULT) for name in names)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
     known = {p.name for p in parameters}
     unknown = [n for n in names if n not in known]
@@ -543,8 +563,11 @@ def _positions(fn: Callable[..., Any], names: tuple[str, ...]) -> tuple[tuple[st
     positional = [
         p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
+    defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
     return tuple(
-        (name, positional.index(name) if name in positional else None) for name in names
+        (name, positional.index(name) if name in positional else None,
+         defaults.get(name, _NO_DEFAULT))
+        for name in names
     )
 
 

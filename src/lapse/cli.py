@@ -48,7 +48,9 @@ def format_time(ns: int | None) -> str:
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False)
+    # Piped output (CI logs, files) is not cut to 80 columns: tables stay readable.
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(highlight=False, width=160 if wide else None)
 
 
 def _store(args: argparse.Namespace) -> Path:
@@ -71,7 +73,8 @@ def _print_events(console: Console, rows: list[dict[str, Any]]) -> None:
         console.print(
             f"{format_time(row['start_ns'])}  {format_duration(row['duration_ns']):>9}  "
             f"{mark}  [bold]{row['name']}[/]{where}  [dim]{row.get('thread') or ''} "
-            f"{row['run_id']}[/]"
+            f"{row['run_id']}[/]",
+            soft_wrap=True,
         )
 
 
@@ -137,7 +140,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     root = _store(args)
     table = _read.query(
         """
-        SELECT r.run_id, r.service, r.version, r.host, r.pid, r.level, r.started_ns,
+        SELECT r.run_id, r.service, r.version, r.environment, r.host, r.pid, r.level,
+               r.git_commit, r.started_ns,
                r.ended_ns, r.updated_ns, r.dropped, coalesce(e.events, 0) AS events,
                coalesce(e.errors, 0) AS errors
         FROM runs r LEFT JOIN (
@@ -153,19 +157,33 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
         print(json.dumps(rows, indent=2))
         return 0
-    out = Table(title=f"runs in {root}", title_justify="left")
-    for column in ("run", "service", "version", "host", "pid", "level", "started", "state",
-                   "events", "errors", "dropped"):
-        out.add_column(column, justify="right" if column in
-                       ("pid", "events", "errors", "dropped") else "left")
+    out = Table(title=f"{len(rows)} runs in {root}", title_justify="left")
+    for column in ("run", "service", "version", "level", "state", "events", "errors", "dropped"):
+        out.add_column(column, justify="right" if column in ("events", "errors", "dropped")
+                       else "left", no_wrap=column == "run")
     for row in rows:
-        state = "ended" if row["ended_ns"] else "running or stopped uncleanly"
-        dropped = f"[red]{row['dropped']}[/]" if row["dropped"] else "0"
-        out.add_row(row["run_id"], row["service"], row["version"] or "—", row["host"],
-                    str(row["pid"]), row["level"], format_time(row["started_ns"]), state,
-                    f"{row['events']:,}", str(row["errors"]), dropped)
+        dropped = f"[red]{row['dropped']:,}[/]" if row["dropped"] else "0"
+        out.add_row(row["run_id"], row["service"], row["version"] or "—", row["level"],
+                    _run_state(row), f"{row['events']:,}", f"{row['errors']:,}", dropped)
     _console().print(out)
     return 0
+
+
+def _run_state(row: dict[str, Any]) -> str:
+    """ended (clean exit), running (its process is alive here), or no clean exit (killed)."""
+    if row["ended_ns"]:
+        return "ended"
+    from lapse._capture import host_name
+
+    if row["host"] == host_name():
+        try:
+            os.kill(row["pid"], 0)
+        except ProcessLookupError:
+            return "[yellow]no clean exit[/]"
+        except PermissionError:
+            pass
+        return "running"
+    return "no end recorded"
 
 
 # -- compact and purge -----------------------------------------------------------
@@ -228,6 +246,49 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- report and dashboard ------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Per event: calls, errors, throughput, five-number summary, percentiles, outliers."""
+    from lapse.analysis.selection import between
+    from lapse.reporting import report
+
+    since, until = args.since, args.until
+    if args.between:
+        since, until = between(args.between)
+    with _progress_bar("scanning events") as bar:
+        task = bar.add_task("scanning events", total=1.0)
+        result = report(
+            _store(args), by=args.by, since=since, until=until, name=args.name, run=args.run,
+            service=args.service, version=args.version, where=args.where,
+            progress=lambda done: bar.update(task, completed=done),
+        )
+    if args.format == "table":
+        text = None
+    elif args.format == "html":
+        text = result.to_html(title=args.title)
+    else:
+        text = result.render(args.format)
+    if args.output:
+        Path(args.output).write_text(text if text is not None else result.render("table"))
+        _stderr_console().print(f"wrote {args.output}")
+    elif text is None:
+        _console().print(result)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the web dashboard (127.0.0.1 by default; other addresses need a token)."""
+    from lapse.dashboard import serve
+
+    token = args.token or os.environ.get("LAPSE_DASHBOARD_TOKEN") or None
+    serve(_store(args), host=args.host, port=args.port, token=token)
+    return 0
+
+
 # -- sql and demo -------------------------------------------------------------------
 
 
@@ -275,6 +336,101 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _add_tail(commands: Any, common: argparse.ArgumentParser) -> None:
+    tail = commands.add_parser("tail", parents=[common], help=cmd_tail.__doc__,
+                               description=cmd_tail.__doc__)
+    tail.add_argument("-n", "--lines", type=int, default=20, help="latest events to show first")
+    tail.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
+                      help="keep showing new events as they are written (default: on)")
+    tail.add_argument("--name", help="only events with this name (* matches anything)")
+    tail.add_argument("--interval", type=_seconds, default=0.5, metavar="DURATION",
+                      help="how often to look for new segments (default: 500ms)")
+    tail.add_argument("--for", dest="for_", type=_seconds, metavar="DURATION",
+                      help="stop following after this long (default: until Ctrl-C)")
+    tail.set_defaults(handler=cmd_tail)
+
+
+def _add_runs(commands: Any, common: argparse.ArgumentParser) -> None:
+    runs = commands.add_parser("runs", parents=[common], help=cmd_runs.__doc__,
+                               description=cmd_runs.__doc__)
+    runs.add_argument("--format", choices=("table", "json"), default="table")
+    runs.set_defaults(handler=cmd_runs)
+
+
+def _add_compact(commands: Any, common: argparse.ArgumentParser) -> None:
+    compact = commands.add_parser("compact", parents=[common], help=cmd_compact.__doc__,
+                                  description=cmd_compact.__doc__)
+    compact.add_argument("--max-age", metavar="DURATION",
+                         help="delete segments whose events are all older (e.g. 30d)")
+    compact.add_argument("--target-rows", type=int, default=1_000_000,
+                         help="events per merged segment (default: 1,000,000)")
+    compact.set_defaults(handler=cmd_compact)
+
+
+def _add_purge(commands: Any, common: argparse.ArgumentParser) -> None:
+    purge = commands.add_parser("purge", parents=[common], help=cmd_purge.__doc__,
+                                description=f"{cmd_purge.__doc__} The user id is turned into "
+                                "its pseudonym with LAPSE_USER_KEY, the key used when recording.")
+    who = purge.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="ID", help="the user's id as given to lapse.user()")
+    who.add_argument("--pseudonym", help="the stored pseudonym (u_…), if the key is gone")
+    purge.set_defaults(handler=cmd_purge)
+
+
+def _add_sql(commands: Any, common: argparse.ArgumentParser) -> None:
+    sql = commands.add_parser("sql", parents=[common], help=cmd_sql.__doc__,
+                              description=cmd_sql.__doc__)
+    sql.add_argument("query", help="a DuckDB SELECT, e.g. \"select name, count(*) from events "
+                     "group by name\"")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.set_defaults(handler=cmd_sql)
+
+
+def _add_report(commands: Any, common: argparse.ArgumentParser) -> None:
+    report = commands.add_parser("report", parents=[common], help=cmd_report.__doc__,
+                                 description=cmd_report.__doc__ + " Durations are per call; "
+                                 "hinges are Tukey's, exactly as R's fivenum().")
+    report.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                        help="group by a column or attribute (version, host, attrs.model…); "
+                        "repeat for several")
+    report.add_argument("--since", metavar="TIME", help="from this time: 1h (ago), ISO time")
+    report.add_argument("--until", metavar="TIME", help="up to this time: 10m (ago), ISO time")
+    report.add_argument("--between", metavar="START..END", help="a time range, e.g. 2h..1h")
+    report.add_argument("--name", action="append", metavar="NAME",
+                        help="only this event (* matches anything); repeat for several")
+    report.add_argument("--where", action="append", default=[], metavar="CONDITION",
+                        help="COLUMN OP VALUE with OP in = != > >= < <= ~ (glob), e.g. "
+                        "attrs.rows>=1000 or status=error; repeat for several")
+    report.add_argument("--run", action="append", metavar="RUN_ID", help="only this run")
+    report.add_argument("--service", help="only this service")
+    report.add_argument("--version", help="only this release")
+    report.add_argument("--format", choices=("table", "json", "csv", "markdown", "html"),
+                        default="table", help="output format (default: a terminal table)")
+    report.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
+    report.add_argument("--title", default="lapse report", help="title of the HTML report")
+    report.set_defaults(handler=cmd_report)
+
+
+def _add_dashboard(commands: Any, common: argparse.ArgumentParser) -> None:
+    dashboard = commands.add_parser("dashboard", parents=[common], help=cmd_dashboard.__doc__,
+                                    description=cmd_dashboard.__doc__)
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to bind (default 127.0.0.1, this machine only)")
+    dashboard.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    dashboard.add_argument("--token", help="require this token on every request (default: "
+                           "$LAPSE_DASHBOARD_TOKEN); needed to bind another address")
+    dashboard.set_defaults(handler=cmd_dashboard)
+
+
+def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
+    demo = commands.add_parser("demo", parents=[common], help=cmd_demo.__doc__,
+                               description=cmd_demo.__doc__)
+    demo.add_argument("--workers", type=int, default=4, help="scoring processes (default: 4)")
+    demo.add_argument("--batches", type=int, default=50,
+                      help="batches each worker scores (default: 50)")
+    demo.set_defaults(handler=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; its --help texts are the CLI reference."""
     common = argparse.ArgumentParser(add_help=False)
@@ -289,53 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'lapse COMMAND --help' for a command's options.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    tail = commands.add_parser("tail", parents=[common], help=cmd_tail.__doc__,
-                               description=cmd_tail.__doc__)
-    tail.add_argument("-n", "--lines", type=int, default=20, help="latest events to show first")
-    tail.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
-                      help="keep showing new events as they are written (default: on)")
-    tail.add_argument("--name", help="only events with this name (* matches anything)")
-    tail.add_argument("--interval", type=_seconds, default=0.5, metavar="DURATION",
-                      help="how often to look for new segments (default: 500ms)")
-    tail.add_argument("--for", dest="for_", type=_seconds, metavar="DURATION",
-                      help="stop following after this long (default: until Ctrl-C)")
-    tail.set_defaults(handler=cmd_tail)
-
-    runs = commands.add_parser("runs", parents=[common], help=cmd_runs.__doc__,
-                               description=cmd_runs.__doc__)
-    runs.add_argument("--format", choices=("table", "json"), default="table")
-    runs.set_defaults(handler=cmd_runs)
-
-    compact = commands.add_parser("compact", parents=[common], help=cmd_compact.__doc__,
-                                  description=cmd_compact.__doc__)
-    compact.add_argument("--max-age", metavar="DURATION",
-                         help="delete segments whose events are all older (e.g. 30d)")
-    compact.add_argument("--target-rows", type=int, default=1_000_000,
-                         help="events per merged segment (default: 1,000,000)")
-    compact.set_defaults(handler=cmd_compact)
-
-    purge = commands.add_parser("purge", parents=[common], help=cmd_purge.__doc__,
-                                description=f"{cmd_purge.__doc__} The user id is turned into "
-                                "its pseudonym with LAPSE_USER_KEY, the key used when recording.")
-    who = purge.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", metavar="ID", help="the user's id as given to lapse.user()")
-    who.add_argument("--pseudonym", help="the stored pseudonym (u_…), if the key is gone")
-    purge.set_defaults(handler=cmd_purge)
-
-    sql = commands.add_parser("sql", parents=[common], help=cmd_sql.__doc__,
-                              description=cmd_sql.__doc__)
-    sql.add_argument("query", help="a DuckDB SELECT, e.g. \"select name, count(*) from events "
-                     "group by name\"")
-    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    sql.set_defaults(handler=cmd_sql)
-
-    demo = commands.add_parser("demo", parents=[common], help=cmd_demo.__doc__,
-                               description=cmd_demo.__doc__)
-    demo.add_argument("--workers", type=int, default=4, help="scoring processes (default: 4)")
-    demo.add_argument("--batches", type=int, default=50,
-                      help="batches each worker scores (default: 50)")
-    demo.set_defaults(handler=cmd_demo)
+    _add_tail(commands, common)
+    _add_runs(commands, common)
+    _add_compact(commands, common)
+    _add_purge(commands, common)
+    _add_sql(commands, common)
+    _add_report(commands, common)
+    _add_dashboard(commands, common)
+    _add_demo(commands, common)
     return parser
 
 

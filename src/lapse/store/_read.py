@@ -18,7 +18,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,24 +159,61 @@ def query(
     sql_text: str,
     parameters: Sequence[Any] = (),
     folder: str | os.PathLike[str] | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> pa.Table:
-    """Run one query over a store; if a segment turns out corrupt inside, skip it and retry."""
+    """Run one query over a store; if a segment turns out corrupt inside, skip it and retry.
+
+    ``progress``, if given, is called with the fraction done (0 to 1) while the
+    query runs, so a command can draw a progress bar over a large store.
+    """
     import duckdb
 
     con = connect(folder)
     try:
-        return con.sql(sql_text, params=list(parameters)).to_arrow_table()
+        return _run(con, sql_text, parameters, progress)
     except (duckdb.IOException, duckdb.InvalidInputException):
         con.close()
         con = connect(folder, salvage=True)
         try:
-            return con.sql(sql_text, params=list(parameters)).to_arrow_table()
+            return _run(con, sql_text, parameters, progress)
         except duckdb.Error as error:
             raise StoreError(f"query failed: {error}") from None
     except duckdb.Error as error:
         raise StoreError(f"query failed: {error}") from None
     finally:
         con.close()
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection,
+    sql_text: str,
+    parameters: Sequence[Any],
+    progress: Callable[[float], None] | None,
+) -> pa.Table:
+    if progress is None:
+        return con.sql(sql_text, params=list(parameters)).to_arrow_table()
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["table"] = con.sql(sql_text, params=list(parameters)).to_arrow_table()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=work, name="lapse-query", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+        done = con.query_progress()
+        if done >= 0:
+            progress(min(done, 100.0) / 100)
+    if "error" in outcome:
+        raise outcome["error"]
+    progress(1.0)
+    table: pa.Table = outcome["table"]
+    return table
 
 
 def _flush_own_events(root: Path) -> None:
