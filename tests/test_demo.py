@@ -14,7 +14,7 @@ def test_demo_records_every_batch_from_every_worker(tmp_path):
     store = tmp_path / "demo"
     result = lapse_cli("demo", "--workers", "2", "--batches", "5", store=store, timeout=300)
     assert result.returncode == 0, result.stderr
-    for heading in ("lapse runs", "lapse tail", "per event"):
+    for heading in ("lapse runs", "lapse tail", "lapse report", "lower hinge"):
         assert heading in result.stdout
     rows = lapse.sql("select name, count(*) as n from events group by name", store).to_pylist()
     counts = {row["name"]: row["n"] for row in rows}
@@ -22,6 +22,7 @@ def test_demo_records_every_batch_from_every_worker(tmp_path):
                       "demo.preprocess": 10}, result.stdout + result.stderr
     runs = lapse.sql("select count(*) as n, count(distinct pid) as pids from runs", store)
     assert runs.to_pylist() == [{"n": 3, "pids": 3}]
+    assert (store / "report.html").stat().st_size > 1_000_000, "plotly.js inlined"
     nested = lapse.sql("""
         select count(*) as n from events c join events p
           on c.parent_id = p.span_id and c.run_id = p.run_id

@@ -67,6 +67,17 @@ def test_stored_files_carry_the_documented_schema(store):
     assert schema.names == event_schema().names
 
 
+def test_report_doc_lists_every_json_field():
+    """docs/report.md documents the JSON schema id and every field of a summary row."""
+    from lapse.analysis.summary import SUMMARY_FIELDS
+    from lapse.reporting import JSON_SCHEMA
+
+    doc = (ROOT / "docs" / "report.md").read_text()
+    assert JSON_SCHEMA in doc
+    for field, meaning in SUMMARY_FIELDS:
+        assert f"| `{field}` | {meaning} |" in doc
+
+
 def test_configuration_doc_lists_every_setting():
     """docs/configuration.md has a row per setting with its variable and default."""
     doc = (ROOT / "docs" / "configuration.md").read_text()

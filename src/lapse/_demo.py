@@ -3,8 +3,8 @@
 A gradient-boosting classifier is trained on the breast-cancer data set that
 ships with scikit-learn (nothing is downloaded), saved with joblib, then
 loaded and scored in batches of varying size by worker processes started with
-``spawn``, all at standard level. Then the demo shows what ``lapse runs`` and
-``lapse tail`` show, and a first summary from ``lapse.sql``.
+``spawn``, all at standard level. Then the demo shows what ``lapse runs``,
+``lapse tail`` and ``lapse report`` show, and writes the HTML report.
 """
 
 from __future__ import annotations
@@ -85,10 +85,11 @@ def run(store: Path, *, workers: int = 4, batches: int = 50) -> int:
     cli.main(["runs", "--dir", str(store)])
     console.rule("lapse tail -n 8 --no-follow")
     cli.main(["tail", "--dir", str(store), "-n", "8", "--no-follow"])
-    console.rule("per event (lapse sql)")
-    cli.main(["sql", "--dir", str(store),
-              "select name, count(*) as calls, "
-              "round(median(duration_ns) / 1e6, 3) as median_ms, "
-              "round(max(duration_ns) / 1e6, 3) as max_ms "
-              "from events group by name order by name"])
+    console.rule("lapse report")
+    cli.main(["report", "--dir", str(store)])
+    html = store / "report.html"
+    cli.main(["report", "--dir", str(store), "--format", "html", "-o", str(html),
+              "--title", "lapse demo report"])
+    console.print(f"open {html.absolute()} in a browser for the charts, "
+                  f"or run: lapse dashboard --dir {store}")
     return 0

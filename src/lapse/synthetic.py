@@ -8,7 +8,6 @@ benchmark can use 10 million events without waiting for them to be recorded.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ def write(store: Path, workload: Workload = Workload()) -> dict[str, Any]:
                 "status": pa.array(np.where(errors, "error", "ok")),
                 "error_type": pa.array(np.where(errors, "TimeoutError", None)),
                 "thread": pa.array(["MainThread"] * n),
-                "attrs": pa.array([json.dumps({"rows": int(r)}) for r in rows]),
+                "attrs": _rows_json(rows),
             }
             schema = event_schema()
             table = pa.Table.from_arrays(
@@ -88,6 +87,15 @@ def write(store: Path, workload: Workload = Workload()) -> dict[str, Any]:
             path = _layout.events_dir(store) / f"{run_id}-{sequence:06d}.parquet"
             _layout.write_atomically(path, lambda f, t=table: pq.write_table(t, f))
     return truth
+
+
+def _rows_json(rows: Any) -> Any:
+    """``{"rows": N}`` for each N, built column-wise (json.dumps per row is 10x slower)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.cast(pa.array(rows), pa.string())
+    return pc.binary_join_element_wise('{"rows": ', text, "}", "")
 
 
 def _write_run(store: Path, run_id: str, version: str, index: int) -> None:
