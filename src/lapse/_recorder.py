@@ -33,6 +33,9 @@ UNSTARTED = -1
 
 DROP_REASONS = ("buffer_full", "write_error", "internal")
 
+FORK_WAIT_S = 5.0
+"""Longest a ``fork`` waits for the writer to finish an import or a write in progress."""
+
 
 @dataclass
 class Run:
@@ -73,6 +76,7 @@ class Recorder:
         self._stopping = False
         self._exiting = False
         self._hooks_installed = False
+        self._fork_held = False
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -109,8 +113,12 @@ class Recorder:
                     return self.level
                 if self.run is None or self.run.pid != os.getpid():
                     self.run = self._new_run(self.settings)
+                elif self.run.ended_ns is not None:  # recording again after shutdown()
+                    self.run.ended_ns = None
+                    self._run_dirty = True
                 self._install_hooks()
                 self._stopping = False
+                self._wake.clear()  # a shutdown() with no writer running left it set
                 thread = threading.Thread(target=self._loop, name="lapse-writer", daemon=True)
                 thread.start()
                 self._thread = thread
@@ -187,17 +195,19 @@ class Recorder:
         try:
             # Imports and resource facts are gathered here, off the caller's thread,
             # and before exit (when new imports may no longer register atexit hooks).
-            import pyarrow.compute
-            import pyarrow.fs
-            import pyarrow.parquet  # noqa: F401
+            # Under the flush lock, which a fork waits for: a child forked mid-import
+            # would deadlock on the module's import lock at its first write.
+            with self._flush_lock:
+                import pyarrow.compute
+                import pyarrow.fs
+                import pyarrow.parquet  # noqa: F401
 
-            from lapse.store import _segments  # noqa: F401
+                from lapse.store import _segments  # noqa: F401
 
-            run = self.run
-            if run is not None:
-                if not run.resource:
-                    run.resource = self._resource(run.settings)
-                with self._flush_lock:
+                run = self.run
+                if run is not None:
+                    if not run.resource:
+                        run.resource = self._resource(run.settings)
                     self._write_run(run)  # the run is listed from its first moment
         except Exception as error:  # noqa: BLE001 - the writer must survive anything
             self._warn_once("writer", "lapse writer could not start cleanly: %s", error)
@@ -283,9 +293,21 @@ class Recorder:
         except Exception as error:  # noqa: BLE001 - never fail interpreter exit
             logger.warning("lapse could not flush at exit: %s", error)
 
+    def _before_fork(self) -> None:
+        # The writer imports modules and runs pyarrow under the flush lock; forking
+        # in the middle would leave the child an import lock (or pyarrow's) that no
+        # thread of its own will ever release. Wait for the step to end.
+        self._fork_held = self._flush_lock.acquire(timeout=FORK_WAIT_S)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_held:
+            self._fork_held = False
+            self._flush_lock.release()
+
     def _after_fork_in_child(self) -> None:
         # The parent's buffered events are the parent's to write; locks held by
         # the parent's writer thread at fork time would never be released here.
+        self._fork_held = False
         self.buffer.clear()
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -306,7 +328,11 @@ class Recorder:
         if self._hooks_installed:
             return
         self._hooks_installed = True
-        os.register_at_fork(after_in_child=self._after_fork_in_child)
+        os.register_at_fork(
+            before=self._before_fork,
+            after_in_parent=self._after_fork_in_parent,
+            after_in_child=self._after_fork_in_child,
+        )
         # threading's exit hooks run before atexit and also when a multiprocessing
         # child finishes (it leaves through os._exit, skipping atexit).
         register = getattr(threading, "_register_atexit", None)

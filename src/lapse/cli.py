@@ -280,6 +280,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare a candidate with a baseline per event; exit 1 if any is significantly slower."""
+    from lapse.analysis.compare import compare, parse_selector
+    from lapse.reporting.compare import render_comparison
+
+    baseline_dir = Path(args.baseline_dir) if args.baseline_dir else _store(args)
+    candidate_dir = Path(args.candidate_dir) if args.candidate_dir else baseline_dir
+    result = compare(
+        parse_selector(args.baseline) if args.baseline else _everything(),
+        parse_selector(args.candidate) if args.candidate else _everything(),
+        baseline_dir=baseline_dir, candidate_dir=candidate_dir,
+        threshold=args.threshold, alpha=args.alpha, correction=args.correction,
+        min_calls=args.min_calls,
+        labels=(args.baseline or str(baseline_dir), args.candidate or str(candidate_dir)),
+    )
+    if args.format == "table":
+        _console().print(render_comparison(result, "table"))
+    else:
+        sys.stdout.write(render_comparison(result, args.format))
+    return 1 if result.regressed else 0
+
+
+def _everything() -> Any:
+    from lapse.analysis.selection import Selection
+
+    return Selection()
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the web dashboard (127.0.0.1 by default; other addresses need a token)."""
     from lapse.dashboard import serve
@@ -388,7 +416,7 @@ def _add_sql(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_report(commands: Any, common: argparse.ArgumentParser) -> None:
     report = commands.add_parser("report", parents=[common], help=cmd_report.__doc__,
-                                 description=cmd_report.__doc__ + " Durations are per call; "
+                                 description=f"{cmd_report.__doc__} Durations are per call; "
                                  "hinges are Tukey's, exactly as R's fivenum().")
     report.add_argument("--by", action="append", default=[], metavar="COLUMN",
                         help="group by a column or attribute (version, host, attrs.model…); "
@@ -409,6 +437,30 @@ def _add_report(commands: Any, common: argparse.ArgumentParser) -> None:
     report.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
     report.add_argument("--title", default="lapse report", help="title of the HTML report")
     report.set_defaults(handler=cmd_report)
+
+
+def _add_compare(commands: Any, common: argparse.ArgumentParser) -> None:
+    compare = commands.add_parser(
+        "compare", parents=[common], help=cmd_compare.__doc__,
+        description=f"{cmd_compare.__doc__} Per event: median ratio with a bootstrap interval, "
+        "Brunner-Munzel rank test, Holm (or Benjamini-Hochberg) correction across events, and "
+        "a practical threshold. Selectors are conditions joined by commas (version=1.3, "
+        "run_id=RUN, attrs.model=b) or a time range (2h..1h).",
+    )
+    compare.add_argument("--baseline", metavar="SELECTOR", help="what to compare against")
+    compare.add_argument("--candidate", metavar="SELECTOR", help="what is being judged")
+    compare.add_argument("--baseline-dir", metavar="PATH", help="baseline store, if another")
+    compare.add_argument("--candidate-dir", metavar="PATH", help="candidate store, if another")
+    compare.add_argument("--threshold", type=float, default=0.05,
+                         help="smallest change that matters, as a fraction (default 0.05 = 5%%)")
+    compare.add_argument("--alpha", type=float, default=0.05,
+                         help="significance level after correction (default 0.05)")
+    compare.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
+                         help="multiple-comparison control across events (default holm)")
+    compare.add_argument("--min-calls", type=int, default=20,
+                         help="calls needed on each side to judge an event (default 20)")
+    compare.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    compare.set_defaults(handler=cmd_compare)
 
 
 def _add_dashboard(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -451,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_purge(commands, common)
     _add_sql(commands, common)
     _add_report(commands, common)
+    _add_compare(commands, common)
     _add_dashboard(commands, common)
     _add_demo(commands, common)
     return parser

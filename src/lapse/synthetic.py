@@ -9,8 +9,8 @@ benchmark can use 10 million events without waiting for them to be recorded.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class Workload:
     seed: int = 0
     rows_effect_ms_per_1000: float = 0.8
     rows_per_segment: int = 1_000_000
+    slowdowns: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    """Planted regressions: (version, event name) -> factor applied to its durations."""
 
 
 def write(store: Path, workload: Workload = Workload()) -> dict[str, Any]:
@@ -60,6 +62,9 @@ def write(store: Path, workload: Workload = Workload()) -> dict[str, Any]:
                            + workload.rows_effect_ms_per_1000 * rows / 1000)
             starts = start0 + (np.arange(first, first + n) * workload.runs + run_index) * (
                 1e9 / workload.rate_per_s)
+            for (slow_version, slow_name), factor in workload.slowdowns.items():
+                if slow_version == version and slow_name in names:
+                    duration_ms[name_index == names.index(slow_name)] *= factor
             errors = rng.random(n) < workload.error_rate
             counts = np.bincount(name_index, minlength=len(names))
             for i, name in enumerate(names):
@@ -76,7 +81,8 @@ def write(store: Path, workload: Workload = Workload()) -> dict[str, Any]:
                 "start_ns": pa.array(starts.astype(np.int64)),
                 "duration_ns": pa.array((duration_ms * 1e6).astype(np.int64)),
                 "status": pa.array(np.where(errors, "error", "ok")),
-                "error_type": pa.array(np.where(errors, "TimeoutError", None)),
+                "error_type": pa.array(["TimeoutError" if e else None for e in errors],
+                                       pa.string()),
                 "thread": pa.array(["MainThread"] * n),
                 "attrs": _rows_json(rows),
             }
@@ -85,8 +91,14 @@ def write(store: Path, workload: Workload = Workload()) -> dict[str, Any]:
                 [columns.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema)
             sequence = first // workload.rows_per_segment
             path = _layout.events_dir(store) / f"{run_id}-{sequence:06d}.parquet"
-            _layout.write_atomically(path, lambda f, t=table: pq.write_table(t, f))
+            _write_table(path, table)
     return truth
+
+
+def _write_table(path: Path, table: Any) -> None:
+    import pyarrow.parquet as pq
+
+    _layout.write_atomically(path, lambda f: pq.write_table(table, f))
 
 
 def _rows_json(rows: Any) -> Any:

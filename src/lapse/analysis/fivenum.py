@@ -50,7 +50,7 @@ def _positions(n: int) -> list[float]:
     return [0.0, h - 1, (n - 1) / 2, n - h, float(n - 1)]
 
 
-def fivenum(values: Iterable[float] | npt.ArrayLike) -> tuple[float, float, float, float, float]:
+def fivenum(values: Iterable[float]) -> tuple[float, float, float, float, float]:
     """Tukey's five-number summary exactly as R's ``fivenum()``; NaNs are ignored.
 
     >>> fivenum([1, 2, 3, 4])
@@ -58,8 +58,7 @@ def fivenum(values: Iterable[float] | npt.ArrayLike) -> tuple[float, float, floa
     """
     import numpy as np
 
-    data = np.asarray(list(values) if not hasattr(values, "__len__") else values,
-                      dtype=np.float64)
+    data = np.array(values if hasattr(values, "__len__") else list(values), dtype=np.float64)
     data = data[~np.isnan(data)]
     if data.size == 0:
         raise ValueError("fivenum() of an empty sample: there is no summary of no values.")
@@ -91,4 +90,5 @@ def summarize(
     spread = five[3] - five[1]
     low_fence, high_fence = five[1] - 1.5 * spread, five[3] + 1.5 * spread
     outliers = int(np.count_nonzero((data < low_fence) | (data > high_fence)))
-    return OrderSummary(n, *five, tuple(at(p) for p in pct_at), outliers)
+    return OrderSummary(n, five[0], five[1], five[2], five[3], five[4],
+                        tuple(at(p) for p in pct_at), outliers)

@@ -111,3 +111,43 @@ def trace(
         """,
         [run_id, trace_id], dir,
     ).to_pylist()
+
+
+def extent(
+    selection: Selection,
+    dir: str | os.PathLike[str] | None = None,  # noqa: A002 - matches configure(dir=)
+) -> tuple[int | None, int | None]:
+    """The selection's time window in epoch ns, as ``summary`` takes it.
+
+    ``since``/``until`` where given, else the first start and the last end of
+    the selected events; ``(None, None)`` when nothing is selected.
+    """
+    since, until = selection.window_ns()
+    if since is not None and until is not None:
+        return since, until
+    where, parameters = selection.where_sql()
+    row = _read.query(
+        f"SELECT min(start_ns) AS first_ns, max(start_ns + duration_ns) AS last_ns "  # noqa: S608
+        f"FROM events {where}",
+        parameters, dir,
+    ).to_pylist()[0]
+    return (since if since is not None else row["first_ns"],
+            until if until is not None else row["last_ns"])
+
+
+def attribute_keys(
+    selection: Selection,
+    dir: str | os.PathLike[str] | None = None,  # noqa: A002 - matches configure(dir=)
+    limit: int = 100,
+) -> list[str]:
+    """The attribute keys (``attrs.KEY``) seen on the selected events, most frequent first."""
+    where, parameters = selection.where_sql()
+    rows = _read.query(
+        f"""
+        SELECT key, count(*) AS n
+        FROM (SELECT unnest(json_keys(attrs)) AS key FROM events {where})
+        GROUP BY key ORDER BY n DESC, key LIMIT {int(limit)}
+        """,  # noqa: S608 - identifiers fixed, values are parameters
+        parameters, dir,
+    ).to_pylist()
+    return [r["key"] for r in rows]
