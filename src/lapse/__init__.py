@@ -125,4 +125,4 @@ def __getattr__(name: str) -> _Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "__version__"})
+    return sorted({*globals(), *__all__})  # with the names __getattr__ provides lazily

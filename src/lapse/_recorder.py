@@ -83,12 +83,12 @@ class Recorder:
 
     # -- hot-path helpers (called by instrumented code; never raise) ---------
 
-    def drop(self, reason: str = "buffer_full", count: int = 1) -> None:
-        """Count ``count`` lost events and warn once per reason."""
+    def drop(self, reason: str = "buffer_full", count: int = 1, *, warn: bool = True) -> None:
+        """Count ``count`` lost events and warn once per reason (unless already warned)."""
         with self._count_lock:
             self.dropped[reason] += count
             self._run_dirty = True
-        if reason not in self._warned:
+        if warn and reason not in self._warned:
             self._warned.add(reason)
             logger.warning(
                 "lapse dropped %d event(s) (%s); further drops are counted in the run "
@@ -248,8 +248,8 @@ class Recorder:
             run.segments += 1
             _segments.write_segment(run, table, run.segments)
         except Exception as error:  # noqa: BLE001 - disk full, unwritable dir, ...
-            self.drop("write_error", len(batch))
-            self._warn_once("write", "lapse could not write to %s: %s", run.settings.dir, error)
+            self.drop("write_error", len(batch), warn=False)
+            self._warn_write_error(run, error)
 
     def _write_run(self, run: Run) -> None:
         from lapse.store import _segments
@@ -261,7 +261,14 @@ class Recorder:
             _segments.write_run(run, dropped)
         except Exception as error:  # noqa: BLE001 - retried at the next flush
             self._run_dirty = True
-            self._warn_once("run", "lapse could not write its run record: %s", error)
+            self._warn_write_error(run, error)
+
+    def _warn_write_error(self, run: Run, error: Exception) -> None:
+        # One warning for one cause: the run record and the segments fail together.
+        self._warn_once(
+            "write", "lapse could not write to %s (%s); events are dropped and counted in the "
+            "run record until it can, without further warnings", run.settings.dir, error,
+        )
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:

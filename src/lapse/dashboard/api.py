@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 
 from lapse.analysis import series
 from lapse.analysis.selection import Selection
@@ -50,6 +51,7 @@ def _words(values: list[str] | None) -> list[str] | None:
 
 
 def selection(
+    *,
     since: Annotated[str | None, Query(
         description="from this time: a duration ago (15m, 1h, 7d), an ISO time, or 'all'",
         examples=["1h"])] = None,

@@ -26,7 +26,7 @@ FORMATS = ("table", "json", "csv", "markdown", "html")
 
 def human_seconds(value: float | None) -> str:
     """A duration in seconds in the unit a person reads best (ns, µs, ms, s)."""
-    from lapse.cli import format_duration
+    from lapse.commands._common import format_duration
 
     return format_duration(None if value is None else value * 1e9)
 

@@ -171,15 +171,20 @@ def query(
     con = connect(folder)
     try:
         return _run(con, sql_text, parameters, progress)
-    except (duckdb.IOException, duckdb.InvalidInputException):
+    except duckdb.Error as error:
+        # DuckDB reports a segment corrupted inside as IOException, InvalidInputException
+        # or a bare Error ("Parquet file is likely corrupted"); only a mistake in the
+        # query itself (parser, binder, catalog) is not worth a salvage pass.
+        if isinstance(error, duckdb.ProgrammingError) and not isinstance(
+            error, duckdb.InvalidInputException
+        ):
+            raise StoreError(f"query failed: {error}") from None
         con.close()
         con = connect(folder, salvage=True)
         try:
             return _run(con, sql_text, parameters, progress)
         except duckdb.Error as error:
             raise StoreError(f"query failed: {error}") from None
-    except duckdb.Error as error:
-        raise StoreError(f"query failed: {error}") from None
     finally:
         con.close()
 

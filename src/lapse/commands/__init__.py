@@ -1,0 +1,1 @@
+"""The ``lapse`` subcommands, one module per area; each has ``register(commands, common)``."""

@@ -1,0 +1,86 @@
+"""What every command shares: the store option, human units, consoles and progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lapse._errors import LapseError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def format_duration(ns: float | None) -> str:
+    """Nanoseconds in the unit a person reads best: ``812 ns``, ``3.20 ms``, ``1.25 s``."""
+    if ns is None:
+        return "—"
+    for limit, unit, scale in ((1e3, "ns", 1.0), (1e6, "µs", 1e3), (1e9, "ms", 1e6)):
+        if abs(ns) < limit:
+            value = ns / scale
+            return f"{value:.0f} {unit}" if unit == "ns" else f"{value:.3g} {unit}"
+    seconds = ns / 1e9
+    return f"{seconds:.3g} s" if seconds < 600 else f"{seconds / 60:.1f} min"
+
+
+def format_time(ns: int | None) -> str:
+    """Epoch nanoseconds as local time with milliseconds."""
+    if ns is None:
+        return "—"
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) + f".{rest // 1_000_000:03d}"
+
+
+def console() -> Console:
+    """A console for results (wide when piped, so tables stay readable)."""
+    from rich.console import Console
+
+    # Piped output (CI logs, files) is not cut to 80 columns: tables stay readable.
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(highlight=False, width=160 if wide else None)
+
+
+def store(args: argparse.Namespace) -> Path:
+    """The store a command works on: --dir, else $LAPSE_DIR, else ./.lapse."""
+    return Path(args.dir) if args.dir else Path(os.environ.get("LAPSE_DIR") or ".lapse")
+
+
+def progress_bar(description: str) -> Any:
+    """A transient progress bar on stderr (hidden when stderr is not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), transient=True,
+                    disable=not sys.stderr.isatty(), console=stderr_console())
+
+
+def stderr_console() -> Console:
+    """A console for messages about the work, on stderr."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a duration such as 500ms, in seconds."""
+    from lapse._config import parse_duration_ns
+
+    try:
+        return parse_duration_ns(text, "duration") / 1e9
+    except LapseError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_command(
+    commands: Any, common: argparse.ArgumentParser, name: str, handler: Any, **options: Any
+) -> argparse.ArgumentParser:
+    """Add a subcommand whose help is its handler's docstring; returns its parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, parents=[common], help=handler.__doc__,
+        description=options.pop("description", handler.__doc__), **options)
+    parser.set_defaults(handler=handler)
+    return parser

@@ -1,0 +1,146 @@
+"""Commands that analyse and show: report, compare and dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lapse.commands._common import console, progress_bar, stderr_console, store
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Per event: calls, errors, throughput, five-number summary, percentiles, outliers."""
+    from lapse.analysis.selection import between
+    from lapse.reporting import report
+
+    since, until = args.since, args.until
+    if args.between:
+        since, until = between(args.between)
+    with progress_bar("scanning events") as bar:
+        task = bar.add_task("scanning events", total=1.0)
+        result = report(
+            store(args), by=args.by, since=since, until=until, name=args.name, run=args.run,
+            service=args.service, version=args.version, where=args.where,
+            progress=lambda done: bar.update(task, completed=done),
+        )
+    if args.format == "table":
+        text = None
+    elif args.format == "html":
+        text = result.to_html(title=args.title)
+    else:
+        text = result.render(args.format)
+    if args.output:
+        Path(args.output).write_text(text if text is not None else result.render("table"))
+        stderr_console().print(f"wrote {args.output}")
+    elif text is None:
+        console().print(result)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare a candidate with a baseline per event; exit 1 if any is significantly slower."""
+    from lapse.analysis.compare import compare, parse_selector
+    from lapse.reporting.compare import render_comparison
+
+    baseline_dir = Path(args.baseline_dir) if args.baseline_dir else store(args)
+    candidate_dir = Path(args.candidate_dir) if args.candidate_dir else baseline_dir
+    result = compare(
+        parse_selector(args.baseline) if args.baseline else everything(),
+        parse_selector(args.candidate) if args.candidate else everything(),
+        baseline_dir=baseline_dir, candidate_dir=candidate_dir,
+        threshold=args.threshold, alpha=args.alpha, correction=args.correction,
+        min_calls=args.min_calls,
+        labels=(args.baseline or str(baseline_dir), args.candidate or str(candidate_dir)),
+    )
+    if args.format == "table":
+        console().print(render_comparison(result, "table"))
+    else:
+        sys.stdout.write(render_comparison(result, args.format))
+    return 1 if result.regressed else 0
+
+
+def everything() -> Any:
+    from lapse.analysis.selection import Selection
+
+    return Selection()
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the web dashboard (127.0.0.1 by default; other addresses need a token)."""
+    from lapse.dashboard import serve
+
+    token = args.token or os.environ.get("LAPSE_DASHBOARD_TOKEN") or None
+    serve(store(args), host=args.host, port=args.port, token=token)
+    return 0
+
+
+def add_report(commands: Any, common: argparse.ArgumentParser) -> None:
+    report = commands.add_parser("report", parents=[common], help=cmd_report.__doc__,
+                                 description=f"{cmd_report.__doc__} Durations are per call; "
+                                 "hinges are Tukey's, exactly as R's fivenum().")
+    report.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                        help="group by a column or attribute (version, host, attrs.model…); "
+                        "repeat for several")
+    report.add_argument("--since", metavar="TIME", help="from this time: 1h (ago), ISO time")
+    report.add_argument("--until", metavar="TIME", help="up to this time: 10m (ago), ISO time")
+    report.add_argument("--between", metavar="START..END", help="a time range, e.g. 2h..1h")
+    report.add_argument("--name", action="append", metavar="NAME",
+                        help="only this event (* matches anything); repeat for several")
+    report.add_argument("--where", action="append", default=[], metavar="CONDITION",
+                        help="COLUMN OP VALUE with OP in = != > >= < <= ~ (glob), e.g. "
+                        "attrs.rows>=1000 or status=error; repeat for several")
+    report.add_argument("--run", action="append", metavar="RUN_ID", help="only this run")
+    report.add_argument("--service", help="only this service")
+    report.add_argument("--version", help="only this release")
+    report.add_argument("--format", choices=("table", "json", "csv", "markdown", "html"),
+                        default="table", help="output format (default: a terminal table)")
+    report.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
+    report.add_argument("--title", default="lapse report", help="title of the HTML report")
+    report.set_defaults(handler=cmd_report)
+
+
+def add_compare(commands: Any, common: argparse.ArgumentParser) -> None:
+    compare = commands.add_parser(
+        "compare", parents=[common], help=cmd_compare.__doc__,
+        description=f"{cmd_compare.__doc__} Per event: median ratio with a bootstrap interval, "
+        "Brunner-Munzel rank test, Holm (or Benjamini-Hochberg) correction across events, and "
+        "a practical threshold. Selectors are conditions joined by commas (version=1.3, "
+        "run_id=RUN, attrs.model=b) or a time range (2h..1h).",
+    )
+    compare.add_argument("--baseline", metavar="SELECTOR", help="what to compare against")
+    compare.add_argument("--candidate", metavar="SELECTOR", help="what is being judged")
+    compare.add_argument("--baseline-dir", metavar="PATH", help="baseline store, if another")
+    compare.add_argument("--candidate-dir", metavar="PATH", help="candidate store, if another")
+    compare.add_argument("--threshold", type=float, default=0.05,
+                         help="smallest change that matters, as a fraction (default 0.05 = 5%%)")
+    compare.add_argument("--alpha", type=float, default=0.05,
+                         help="significance level after correction (default 0.05)")
+    compare.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
+                         help="multiple-comparison control across events (default holm)")
+    compare.add_argument("--min-calls", type=int, default=20,
+                         help="calls needed on each side to judge an event (default 20)")
+    compare.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    compare.set_defaults(handler=cmd_compare)
+
+
+def add_dashboard(commands: Any, common: argparse.ArgumentParser) -> None:
+    dashboard = commands.add_parser("dashboard", parents=[common], help=cmd_dashboard.__doc__,
+                                    description=cmd_dashboard.__doc__)
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to bind (default 127.0.0.1, this machine only)")
+    dashboard.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    dashboard.add_argument("--token", help="require this token on every request (default: "
+                           "$LAPSE_DASHBOARD_TOKEN); needed to bind another address")
+    dashboard.set_defaults(handler=cmd_dashboard)
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add this module's commands to the ``lapse`` parser."""
+    add_report(commands, common)
+    add_compare(commands, common)
+    add_dashboard(commands, common)
