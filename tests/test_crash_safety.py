@@ -22,14 +22,13 @@ from tests import workers
 
 WORKER_SCRIPT = Path(workers.__file__)
 FLUSH_INTERVAL_NS = 200_000_000
-WRITE_SLACK_NS = 150_000_000
+WRITE_SLACK_NS = 250_000_000
 """Time a flush may take to reach the disk (encode, write, fsync) on a busy machine."""
 
 
 def count(query: str = "select count(*) from events_raw") -> int:
-    rows = lapse.sql(query).to_pylist()
-    (value,) = rows[0].values()
-    return int(value)
+    """The first value a query returns, a count."""
+    return int(lapse.sql(query).column(0)[0].as_py())
 
 
 def test_sigkill_loses_at_most_the_last_flush_interval(store, tmp_path):
@@ -164,3 +163,17 @@ def test_a_torn_run_record_leaves_the_events_readable(segments, store):
         events = lapse.load()
     assert events.num_rows == 600
     assert set(events.column("pid").to_pylist()) == {None}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a segment corrupted inside is only found when a query decodes the damaged "
+    "pages: count(*) reads row counts from the intact footer and still counts it",
+)
+def test_counts_agree_with_load_when_a_segment_is_corrupted_inside(segments):
+    """SQL counts and load() agree on which events exist when a segment is corrupt."""
+    corrupt_inside(segments[1])
+    with pytest.warns(StoreWarning):
+        loaded = lapse.load().num_rows
+    with pytest.warns(StoreWarning):
+        assert count("select count(*) from events") == loaded

@@ -688,6 +688,46 @@ def test_set_adds_attributes_to_the_current_call():
     assert only("outer")["attrs"] is None
 
 
+def test_set_inside_generators_and_coroutines():
+    """``lapse.set`` in a generator, an async generator or a coroutine lands in its own event."""
+    import json
+
+    @lapse.timed("rows")
+    def rows():
+        for i in range(3):
+            lapse.set(produced=i + 1)
+            yield i
+
+    @lapse.timed("async_rows")
+    async def async_rows():
+        lapse.set(kind="async generator")
+        yield 1
+
+    @lapse.timed("fetch")
+    async def fetch():
+        await asyncio.sleep(0)
+        lapse.set(status_code=200)
+
+    @lapse.timed("consumer")
+    def consumer():
+        total = sum(rows())
+        lapse.set(total=total)
+
+    async def main():
+        await fetch()
+        return [item async for item in async_rows()]
+
+    consumer()
+    asyncio.run(main())
+    attrs = {row["name"]: json.loads(row["attrs"]) for row in recorded()}
+    assert attrs == {
+        "rows": {"produced": 3},
+        "consumer": {"total": 3},
+        "fetch": {"status_code": 200},
+        "async_rows": {"kind": "async generator"},
+    }
+
+
 def test_constant_attributes_and_captured_arguments():
     """Keywords of ``timed`` are constant attrs; ``capture`` adds named argument values."""
     import json

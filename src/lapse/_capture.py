@@ -143,8 +143,8 @@ def clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
         if is_secret_key(name):
             cleaned[name] = REDACTED
             continue
-        value = summarize_value(value)
-        cleaned[name] = mask_home(value) if isinstance(value, str) else value
+        small = summarize_value(value)
+        cleaned[name] = mask_home(small) if isinstance(small, str) else small
     return cleaned
 
 

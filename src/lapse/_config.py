@@ -44,7 +44,8 @@ def parse_duration_ns(value: object, setting: str) -> int:
     Raises ConfigError naming ``setting`` when the value is not a non-negative duration.
     """
     if isinstance(value, bool):
-        raise _bad(setting, value, "a duration such as 250ms, 1.5s, 10m, 7d, or a number of seconds")
+        raise _bad(setting, value,
+                   "a duration such as 250ms, 1.5s, 10m, 7d, or a number of seconds")
     if isinstance(value, int | float):
         seconds = float(value)
         if not seconds >= 0:  # also rejects NaN

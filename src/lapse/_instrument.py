@@ -269,7 +269,7 @@ def _thread_name() -> str:
         return name
 
 
-def _finish(
+def _finish(  # noqa: PLR0917 - positional on purpose: called on every span's exit
     instrument: Instrument,
     level: int,
     t0: int,
@@ -314,17 +314,24 @@ def _debug_detail(
     return (_stack(frame), _user.get(), cpu)
 
 
-def _stack(frame: FrameType | None) -> list[tuple[CodeType, int]]:
-    """Raw frames (code, line), outermost first, at most MAX_STACK_DEPTH innermost ones."""
-    frames: list[tuple[CodeType, int]] = []
-    while frame is not None and len(frames) < MAX_STACK_DEPTH:
-        frames.append((frame.f_code, frame.f_lineno))
+def _stack(frame: FrameType | None) -> tuple[CodeType | int, ...]:
+    """Raw frames, innermost first, flat: ``(code, line, code, line, ...)``.
+
+    At most MAX_STACK_DEPTH frames. A flat tuple of code objects and ints is
+    one the garbage collector stops tracking; a list of pairs would be walked
+    by every collection for as long as it sits in the buffer.
+    """
+    frames: list[CodeType | int] = []
+    while frame is not None and len(frames) < 2 * MAX_STACK_DEPTH:
+        frames.append(frame.f_code)
+        frames.append(frame.f_lineno)
         frame = frame.f_back
-    frames.reverse()
-    return frames
+    return tuple(frames)
 
 
-def _wrap_function(instrument: Instrument, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see below
+    instrument: Instrument, fn: Callable[..., Any]
+) -> Callable[..., Any]:
     # The hot path, written out in full rather than through _open/_finish: each
     # helper call would add about 60 ns to every call at standard level.
     recorder = RECORDER
@@ -340,7 +347,7 @@ def _wrap_function(instrument: Instrument, fn: Callable[..., Any]) -> Callable[.
     capture = bool(instrument.capture)
 
     @functools.wraps(fn)
-    def timed_function(*args: Any, **kwargs: Any) -> Any:
+    def timed_function(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912, PLR0915
         level = recorder.level
         if level <= 0 and (level == OFF or recorder.activate() == OFF):
             return fn(*args, **kwargs)
@@ -374,11 +381,17 @@ def _wrap_function(instrument: Instrument, fn: Callable[..., Any]) -> Callable[.
             parent_id = parent[0]
         ctx = [sid, trace, _captured(instrument, args, kwargs) if capture else None]
         token = current.set(ctx)
+        # Debug detail is kept for calls lasting at least `threshold` ns (-1: never,
+        # at standard), so a debug call under `slow` costs what a standard one does.
+        threshold = -1
         cpu0 = 0
         if level == DEBUG:
             slow = recorder.slow if own_slow is None else own_slow
             if slow is None:
+                threshold = 0
                 cpu0 = thread_time_ns()
+            else:
+                threshold = slow
         t0 = clock()
         try:
             return fn(*args, **kwargs)
@@ -393,11 +406,12 @@ def _wrap_function(instrument: Instrument, fn: Callable[..., Any]) -> Callable[.
             except AttributeError:
                 thread = _thread_name()
             frame = _getframe(1)
+            duration = t1 - t0
             extra = None
-            if level == DEBUG and (slow is None or t1 - t0 >= slow):
-                extra = _debug_detail(instrument, frame, t1 - t0, cpu0)
+            if duration >= threshold >= 0:
+                extra = _debug_detail(instrument, frame, duration, cpu0)
             if len(buffer) < recorder.capacity:
-                append((key, t0, t1 - t0, error, sid, trace, parent_id, thread, frame.f_code,
+                append((key, t0, duration, error, sid, trace, parent_id, thread, frame.f_code,
                         ctx[2], extra))
             else:
                 recorder.drop()

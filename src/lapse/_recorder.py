@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from lapse._config import MINIMAL, OFF, Settings, resolve
+from lapse._config import OFF, Settings, resolve
 
 logger = logging.getLogger("lapse")
 
@@ -125,7 +125,7 @@ class Recorder:
                 self.level = self.settings.level
                 return self.level
         except Exception as error:  # noqa: BLE001 - the hot path must never raise
-            logger.error("lapse is off for this process: %s", error)  # noqa: TRY400
+            logger.error("lapse is off for this process: %s", error)
             self.level = OFF
             return OFF
 

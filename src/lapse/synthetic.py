@@ -41,7 +41,6 @@ def write(store: Path, workload: Workload = Workload()) -> dict[str, Any]:
     """Write the workload into ``store``; returns the ground truth (counts per name, runs)."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rng = np.random.default_rng(workload.seed)
     _layout.ensure_dirs(store)

@@ -13,7 +13,7 @@ way, which is also what makes it cheap: each distinct string is encoded once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,12 +36,15 @@ def int64(values: Sequence[int | None]) -> pa.Array:
     import pyarrow as pa
 
     n = len(values)
-    missing = [v is None for v in values]
-    if any(missing):
-        data = np.array([0 if v is None else v for v in values], dtype=np.int64)
-    else:
+    try:
         data = np.array(values, dtype=np.int64)
-    return pa.Array.from_buffers(pa.int64(), n, [_validity(missing), pa.py_buffer(data)])
+        validity = None
+    except TypeError:  # some are None
+        boxed = np.array(values, dtype=object)
+        missing = boxed == None  # noqa: E711 - elementwise comparison
+        data = np.where(missing, 0, boxed).astype(np.int64)
+        validity = pa.py_buffer(np.packbits(~missing, bitorder="little"))
+    return pa.Array.from_buffers(pa.int64(), n, [validity, pa.py_buffer(data)])
 
 
 def int64_plus(values: Sequence[int], offset: int) -> pa.Array:
@@ -79,6 +82,25 @@ def strings(values: Sequence[str | None]) -> pa.Array:
     dictionary = _plain_strings(list(distinct))
     index = pa.Array.from_buffers(
         pa.int32(), len(values), [None, pa.py_buffer(np.array(indices, dtype=np.int32))]
+    )
+    return pa.DictionaryArray.from_arrays(index, dictionary).cast(pa.string())
+
+
+def by_identity(values: Sequence[Any], label: Callable[[Any], str | None]) -> pa.Array:
+    """A string column for values that repeat as the same objects (instruments, code, names).
+
+    Distinct objects are found by ``id()`` with NumPy, so ``label`` runs once per
+    distinct object and nothing is hashed per event; equal values held by
+    different objects merely repeat in the dictionary.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    ids = np.fromiter(map(id, values), dtype=np.uint64, count=len(values))
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    dictionary = _plain_strings([label(values[i]) for i in first])
+    index = pa.Array.from_buffers(
+        pa.int32(), len(values), [None, pa.py_buffer(inverse.astype(np.int32))]
     )
     return pa.DictionaryArray.from_arrays(index, dictionary).cast(pa.string())
 

@@ -182,6 +182,29 @@ def _write_table(path: Path, table: pa.Table) -> None:
     _layout.write_atomically(path, lambda f: pq.write_table(table, f, compression=COMPRESSION))
 
 
+def _check_key(root: Path, key: str) -> None:
+    """Refuse a key that none of the store's runs was recorded with: it would match no
+    one, and the erasure would silently remove nothing."""
+    import pyarrow.parquet as pq
+
+    from lapse.store._segments import USER_KEY_CHECK, user_key_check
+
+    checks = set()
+    for path in _layout.run_files(root):
+        try:
+            metadata = pq.read_schema(path).metadata or {}
+        except (OSError, ValueError):  # a torn run record: warned about when it is read
+            continue
+        if USER_KEY_CHECK in metadata:
+            checks.add(metadata[USER_KEY_CHECK].decode())
+    if checks and user_key_check(key) not in checks:
+        raise ConfigError(
+            "purge: LAPSE_USER_KEY is not the key this store's users were pseudonymised "
+            "with, so no event of this user could be found and nothing was erased; set the "
+            "key the events were recorded with, or pass --pseudonym."
+        )
+
+
 @dataclass
 class PurgeResult:
     """What an erasure did."""
@@ -217,6 +240,7 @@ def purge(
                 "pseudonym stored in events; set the key the events were recorded with, "
                 "or pass --pseudonym."
             )
+        _check_key(root, key)
         pseudonym = pseudonymise(user, key)
     assert pseudonym is not None
     recover(root)

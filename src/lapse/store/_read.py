@@ -124,12 +124,12 @@ def connect(
     import duckdb
 
     root = resolve_dir(folder)
+    _flush_own_events(root)
     if not root.is_dir():
         raise StoreError(
             f"no lapse store at {root}: run an instrumented program first, or pass "
             "--dir / dir= (or set LAPSE_DIR) to the store directory."
         )
-    _flush_own_events(root)
     con = duckdb.connect()
     con.execute("SET autoinstall_known_extensions=false")
     con.execute("SET autoload_known_extensions=false")

@@ -27,9 +27,10 @@ const lapse = (() => {
     if (seconds === null || seconds === undefined) return "—";
     const ns = seconds * 1e9;
     if (Math.abs(ns) < 1e3) return `${ns.toFixed(0)} ns`;
-    if (Math.abs(ns) < 1e6) return `${(ns / 1e3).toPrecision(3)} µs`;
-    if (Math.abs(ns) < 1e9) return `${(ns / 1e6).toPrecision(3)} ms`;
-    return seconds < 600 ? `${seconds.toPrecision(3)} s` : `${(seconds / 60).toFixed(1)} min`;
+    const short = (x) => Number(x.toPrecision(3));
+    if (Math.abs(ns) < 1e6) return `${short(ns / 1e3)} µs`;
+    if (Math.abs(ns) < 1e9) return `${short(ns / 1e6)} ms`;
+    return seconds < 600 ? `${short(seconds)} s` : `${(seconds / 60).toFixed(1)} min`;
   }
 
   /** Epoch nanoseconds as local date and time with milliseconds. */
@@ -43,7 +44,8 @@ const lapse = (() => {
   }
 
   const count = (n) => (n === null || n === undefined ? "—" : n.toLocaleString("en-US"));
-  const rate = (r) => (r === null || r === undefined ? "—" : Number(r).toPrecision(3));
+  const rate = (r) => (r === null || r === undefined ? "—"
+    : r.toLocaleString("en-US", { maximumSignificantDigits: 3 }));
   const percent = (r) => `${(100 * r).toFixed(r < 0.001 && r > 0 ? 2 : 1)}%`;
 
   /** An element with properties and children (strings become text: never parsed as HTML). */
@@ -69,7 +71,8 @@ const lapse = (() => {
     const head = el("tr", {}, columns.map((c) => el("th", { class: c.text ? "text" : "" }, c.label)));
     const body = rows.map((row) => el("tr", {}, columns.map((c) =>
       el("td", { class: [c.text ? "text" : "", c.wrap ? "wrap" : ""].join(" ") }, c.value(row)))));
-    return el("table", { class: "data", id: id || "" }, el("thead", {}, head), el("tbody", {}, body));
+    return el("div", { class: "scroll" }, el("table", { class: "data", id: id || "" },
+      el("thead", {}, head), el("tbody", {}, body)));
   }
 
   function card(label, value, bad = false) {
@@ -118,8 +121,8 @@ const lapse = (() => {
         const now = await api("status");
         document.getElementById("store").textContent = now.store;
         if (now.fingerprint !== last) {
-          last = now.fingerprint;
           await refresh(now);
+          last = now.fingerprint;
         }
         status.className = "on";
         status.textContent = `live, every ${seconds} s`;
@@ -143,17 +146,31 @@ const lapse = (() => {
   }
 
   const plotConfig = { displaylogo: false, responsive: true };
-  const durationAxis = (title, log = true) => ({
-    title: { text: title }, type: log ? "log" : "linear", ticksuffix: "s",
-    exponentformat: "SI", hoverformat: ".3~s", automargin: true,
-  });
+  // Durations are seconds; SI prefixes make the ticks read 20ms, 500µs, 1s. Over more than a
+  // decade or two, one tick per power of ten keeps the log axis readable.
+  function durationAxis(title, values = []) {
+    const positive = values.filter((v) => v > 0);
+    const low = positive.reduce((a, b) => Math.min(a, b), Infinity);
+    const high = positive.reduce((a, b) => Math.max(a, b), 0);
+    const axis = { title: { text: title }, type: "log", tickformat: "~s", ticksuffix: "s",
+      hoverformat: ".3~s", automargin: true };
+    return high / low > 30 ? { ...axis, dtick: 1 } : axis;
+  }
+  // One colour per event name, the same in every chart of a page.
+  const palette = ["#2563eb", "#ea580c", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04",
+    "#db2777", "#4b5563", "#65a30d"];
+  const colours = new Map();
+  function colour(name) {
+    if (!colours.has(name)) colours.set(name, palette[colours.size % palette.length]);
+    return colours.get(name);
+  }
   const baseLayout = (extra = {}) => Object.assign({
     margin: { l: 60, r: 20, t: 40, b: 50 }, uirevision: "keep", font: { size: 12 },
     legend: { orientation: "h", y: -0.2 }, paper_bgcolor: "#fff", plot_bgcolor: "#fff",
   }, extra);
   const date = (ns) => new Date(ns / 1e6);
 
-  return { params, api, duration, time, count, rate, percent, el, table, card, notice, fill,
+  return { params, api, duration, time, count, rate, percent, el, table, card, notice, fill, colour,
     href, eventHref, traceHref, setParam, live, guarded, plotConfig, durationAxis, baseLayout,
     date };
 })();
