@@ -1,4 +1,4 @@
-"""`lapse dashboard`: the real server, started as a subprocess, over stores written by real processes.
+"""`lapse dashboard`: the real server, run as a subprocess, over stores written by real processes.
 
 The helpers here (``write_store``, ``dashboard``) are also used by the browser
 tests in test_dashboard_browser.py.
@@ -322,7 +322,7 @@ def test_token_is_required_on_every_request(recorded):
 def test_token_from_the_environment_allows_another_address(recorded):
     """LAPSE_DASHBOARD_TOKEN lets it bind 0.0.0.0, and the token is then enforced."""
     env = clean_env(LAPSE_DASHBOARD_TOKEN="from-the-environment")
-    with dashboard(recorded, "--host", "0.0.0.0", env=env) as url:  # noqa: S104
+    with dashboard(recorded, "--host", "0.0.0.0", env=env) as url:
         assert get(f"{url}/api/status").status_code == 401
         answer = httpx.get(f"{url}/api/status",
                            headers={"Authorization": "Bearer from-the-environment"})
@@ -331,17 +331,17 @@ def test_token_from_the_environment_allows_another_address(recorded):
 
 def test_other_addresses_need_a_token(tmp_path):
     """Binding 0.0.0.0 without a token is refused with a message saying what to do; exit 2."""
-    result = lapse_cli("dashboard", "--host", "0.0.0.0", "--port", str(free_port()),  # noqa: S104
+    result = lapse_cli("dashboard", "--host", "0.0.0.0", "--port", str(free_port()),
                        store=tmp_path, env={"LAPSE_DASHBOARD_TOKEN": ""})
     assert result.returncode == 2
     assert "not a loopback address" in result.stderr
     assert "--token" in result.stderr
     assert "LAPSE_DASHBOARD_TOKEN" in result.stderr
-    for host in ("0.0.0.0", "192.168.1.10", "::", "example.org", ""):  # noqa: S104
+    for host in ("0.0.0.0", "192.168.1.10", "::", "example.org", ""):
         with pytest.raises(lapse.LapseError, match="loopback"):
             serve(tmp_path, host=host)
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         check_bind(host, None)
-    check_bind("0.0.0.0", "a-token")  # noqa: S104
+    check_bind("0.0.0.0", "a-token")
     with pytest.raises(lapse.ConfigError, match="empty token"):
-        check_bind("0.0.0.0", " ")  # noqa: S104
+        check_bind("0.0.0.0", " ")

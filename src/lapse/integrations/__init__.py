@@ -1,0 +1,1 @@
+"""lapse beside the tools teams already run: pytest, OpenTelemetry, Prometheus, web servers."""
