@@ -8,8 +8,10 @@ import multiprocessing
 import os
 import stat
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -120,6 +122,72 @@ def test_an_interrupted_compaction_never_double_counts_and_is_finished(many_segm
     assert not any(p.exists() for p in sources)
     assert not list((store / "events").glob(".compacting-*"))
     assert stored_rows(store) == before
+
+
+def count_until(store: Path, started: Any, stop: Any, results: Any) -> None:
+    """Count the stored events again and again until ``stop``; report counts and warnings."""
+    counts: list[int] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        while not stop.is_set():
+            counts.append(lapse.sql("select count(*) from events", store).column(0)[0].as_py())
+            started.set()
+    results.put((counts, [str(w.message) for w in caught]))
+
+
+@fork_warning
+def test_queries_during_a_compaction_count_every_event_once(store):
+    """While compactions merge and delete 100 segments, queries from another process
+    always count every event exactly once, with no warning about the merged segments."""
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=workers.record_in_segments, args=(25, 40))
+               for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    assert len(segment_files(store)) == 100
+
+    started, stop, results = context.Event(), context.Event(), context.Queue()
+    reader = context.Process(target=count_until, args=(store, started, stop, results))
+    reader.start()
+    try:
+        assert started.wait(timeout=60)
+        for target_rows in (100, 200, 400, 800, 1600, 10**6):  # merge, then merge again
+            compact(store, target_rows=target_rows)
+    finally:
+        stop.set()
+    counts, warned = results.get(timeout=60)
+    reader.join(timeout=60)
+    assert len(segment_files(store)) == 1
+    assert set(counts) == {4000}, Counter(counts)
+    assert warned == []
+
+
+@fork_warning
+def test_two_compactions_at_once_both_succeed_without_doubling(many_segments):
+    """Two compactions started together (cron and a person, say) both finish without an
+    error, and the store holds exactly the same events, each once."""
+    store = many_segments
+    before = stored_rows(store)
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    compactions = [context.Process(target=compact_after, args=(store, barrier))
+                   for _ in range(2)]
+    for process in compactions:
+        process.start()
+    for process in compactions:
+        process.join(timeout=120)
+    assert [process.exitcode for process in compactions] == [0, 0]
+    assert stored_rows(store) == before
+    assert len(segment_files(store)) == 1
+
+
+def compact_after(store: Path, barrier: Any) -> None:
+    """Wait for the other process, then compact (a multiprocessing target)."""
+    barrier.wait()
+    compact(store, target_rows=1000)
+    compact(store)
 
 
 # -- retention ----------------------------------------------------------------------------

@@ -112,8 +112,9 @@ def _guard(token: str | None) -> Callable[[Request, Handler], Awaitable[Response
     async def guard(request: Request, call_next: Handler) -> Response:
         if token is None or cookie is None:
             response = (await call_next(request) if _loopback(request.headers.get("host", ""))
-                        else _refuse(request, 403, "this dashboard only answers requests "
-                                     "addressed to 127.0.0.1 or localhost"))
+                        else _refuse(request, 403, "without a token this dashboard only "
+                                     "answers requests addressed to 127.0.0.1 or localhost; "
+                                     "start it with --token to serve it under other names"))
         else:
             response = await _checked(request, call_next, token, cookie)
         response.headers.update(SECURITY_HEADERS)

@@ -4,7 +4,8 @@ Compaction merges many small segments (one per process per flush interval)
 into few large ones without losing or duplicating an event, even if it is
 killed halfway: a journal names the sources and the target before anything
 changes, readers ignore sources whose target exists, and the next run finishes
-or undoes what a killed one left.
+or undoes what a killed one left. Compaction and purge hold the store's
+maintenance lock, so two of them never work on the same segments at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 import secrets
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -53,6 +55,27 @@ def _require_store(root: Path) -> None:
         raise StoreError(f"no lapse store at {root}: pass --dir (or set LAPSE_DIR) to a store.")
 
 
+@contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """Hold the store's maintenance lock (one compact or purge at a time, across processes).
+
+    Two at once would merge the same segments twice (one then fails on the files
+    the other removed) or write back events that a purge has just erased; the
+    second waits for the first.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory lock, run one maintenance job at a time
+        yield
+        return
+    descriptor = os.open(_layout.events_dir(root), os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def recover(root: Path) -> None:
     """Finish or undo a compaction that was interrupted (journals left behind)."""
     folder = _layout.events_dir(root)
@@ -76,11 +99,18 @@ def compact(
     progress: Progress | None = None,
 ) -> CompactResult:
     """Apply retention, then merge segments smaller than ``target_rows / 2``."""
-    import pyarrow.parquet as pq
-
     if target_rows <= 0:
         raise ConfigError(f"target_rows: {target_rows!r} is not valid; expected a number > 0.")
     _require_store(root)
+    with _exclusive(root):
+        return _compact(root, max_age_ns, target_rows, progress)
+
+
+def _compact(
+    root: Path, max_age_ns: int | None, target_rows: int, progress: Progress | None
+) -> CompactResult:
+    import pyarrow.parquet as pq
+
     recover(root)
     result = CompactResult()
     with warnings.catch_warnings(record=True) as caught:
@@ -112,9 +142,15 @@ def compact(
     total = sum(len(b) for b in batches)
     done = 0
     for batch in batches:
-        _merge(root, batch)
+        merged, unreadable = _merge(root, batch)
+        for path, error in unreadable:
+            result.skipped.append(str(path))
+            warnings.warn(
+                f"lapse skipped segment {path} (unreadable: {error}); it was left as it is "
+                "and the rest of the store was compacted.", StoreWarning, stacklevel=3,
+            )
         done += len(batch)
-        result.merged += len(batch)
+        result.merged += merged
         if progress:
             progress(done, total)
     remaining = _layout.segment_files(root)
@@ -149,7 +185,12 @@ def _batches(files: list[Path], sizes: dict[Path, int], target: int) -> Iterable
         yield batch
 
 
-def _merge(root: Path, sources: list[Path]) -> None:
+def _merge(root: Path, sources: list[Path]) -> tuple[int, list[tuple[Path, Exception]]]:
+    """Merge the readable ``sources`` into one new segment.
+
+    Returns how many were merged and the ones that could not be read (corrupt
+    inside, though their footer looked whole), which are left in place.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -158,7 +199,17 @@ def _merge(root: Path, sources: list[Path]) -> None:
 
     folder = _layout.events_dir(root)
     schema = event_schema()
-    table = pa.concat_tables(_conform(pq.read_table(p), schema) for p in sources)
+    tables, readable, unreadable = [], [], []
+    for path in sources:
+        try:
+            tables.append(_conform(pq.read_table(path), schema))
+            readable.append(path)
+        except (pa.ArrowException, OSError) as error:
+            unreadable.append((path, error))
+    if len(readable) < 2:
+        return 0, unreadable
+    sources = readable
+    table = pa.concat_tables(tables)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     target = folder / f"compacted-{stamp}-{secrets.token_hex(4)}{_layout.SEGMENT_SUFFIX}"
     journal = folder / f"{_layout.JOURNAL_PREFIX}{target.stem}.json"
@@ -168,6 +219,7 @@ def _merge(root: Path, sources: list[Path]) -> None:
     for path in sources:
         path.unlink(missing_ok=True)
     journal.unlink(missing_ok=True)
+    return len(sources), unreadable
 
 
 def _write_bytes(handle: BinaryIO, data: bytes) -> None:
@@ -224,11 +276,6 @@ def purge(
     progress: Progress | None = None,
 ) -> PurgeResult:
     """Erase every event of one user (given raw with the key, or as a pseudonym)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from lapse.store._read import _conform
-
     _require_store(root)
     if pseudonym is None:
         if user is None:
@@ -243,6 +290,16 @@ def purge(
         _check_key(root, key)
         pseudonym = pseudonymise(user, key)
     assert pseudonym is not None
+    with _exclusive(root):
+        return _purge(root, pseudonym, progress)
+
+
+def _purge(root: Path, pseudonym: str, progress: Progress | None) -> PurgeResult:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from lapse.store._read import _conform
+
     recover(root)
     result = PurgeResult(pseudonym)
     files = readable_files(_layout.segment_files(root))

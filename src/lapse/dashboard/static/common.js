@@ -87,6 +87,15 @@ const lapse = (() => {
     box.textContent = text || "";
   }
 
+  /** Show an API error; a store that does not exist yet is a note, not an error. */
+  function problem(error) {
+    if (error.status === 404) {
+      notice(`${error.message} This page updates by itself once a program writes there.`);
+    } else {
+      notice(error.message, "error");
+    }
+  }
+
   /** Replace the children of the element with this id. */
   function fill(id, ...children) {
     document.getElementById(id).replaceChildren(...children.flat());
@@ -146,15 +155,25 @@ const lapse = (() => {
   }
 
   const plotConfig = { displaylogo: false, responsive: true };
-  // Durations are seconds; SI prefixes make the ticks read 20ms, 500µs, 1s. Over more than a
-  // decade or two, one tick per power of ten keeps the log axis readable.
+  // A log axis of durations in seconds, its ticks at 1, 2, 5 x 10^k (or only powers of ten over
+  // a wide range) labelled in human units; hover values get SI prefixes (20ms, 500µs).
   function durationAxis(title, values = []) {
     const positive = values.filter((v) => v > 0);
-    const low = positive.reduce((a, b) => Math.min(a, b), Infinity);
-    const high = positive.reduce((a, b) => Math.max(a, b), 0);
-    const axis = { title: { text: title }, type: "log", tickformat: "~s", ticksuffix: "s",
-      hoverformat: ".3~s", automargin: true };
-    return high / low > 30 ? { ...axis, dtick: 1 } : axis;
+    const low = positive.reduce((a, b) => Math.min(a, b), Infinity) / 1.5;
+    const high = positive.reduce((a, b) => Math.max(a, b), 0) * 1.5;
+    const axis = { title: { text: title }, type: "log", hoverformat: ".3~s", ticksuffix: "s",
+      automargin: true };
+    if (!(high > low)) return axis;
+    const spread = high / low;
+    const steps = spread > 300 ? [1] : spread > 12 ? [1, 2, 5] : [1, 1.5, 2, 3, 4, 5, 6, 8];
+    const ticks = [];
+    for (let power = Math.floor(Math.log10(low)); power <= Math.ceil(Math.log10(high)); power++) {
+      for (const step of steps) {
+        const value = step * 10 ** power;
+        if (value >= low && value <= high) ticks.push(value);
+      }
+    }
+    return { ...axis, tickvals: ticks, ticktext: ticks.map(duration) };
   }
   // One colour per event name, the same in every chart of a page.
   const palette = ["#2563eb", "#ea580c", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04",
@@ -170,7 +189,7 @@ const lapse = (() => {
   }, extra);
   const date = (ns) => new Date(ns / 1e6);
 
-  return { params, api, duration, time, count, rate, percent, el, table, card, notice, fill, colour,
+  return { params, api, duration, time, count, rate, percent, el, table, card, notice, problem, fill, colour,
     href, eventHref, traceHref, setParam, live, guarded, plotConfig, durationAxis, baseLayout,
     date };
 })();

@@ -77,7 +77,9 @@ function drawOverTime(series) {
 function drawBreakdown(summary) {
   const by = summary.group_by[0];
   const label = (r) => (r[by] === null ? "—" : String(r[by]));
-  Plotly.react("breakdown", summary.rows.map((r) => ({
+  const rows = [...summary.rows].sort((a, b) =>
+    label(a).localeCompare(label(b), "en", { numeric: true }));
+  Plotly.react("breakdown", rows.map((r) => ({
     type: "box", name: label(r), x: [label(r)], q1: [r.lower_hinge], median: [r.median],
     q3: [r.upper_hinge], lowerfence: [r.min], upperfence: [r.max], mean: [r.mean],
     boxpoints: false,
@@ -85,7 +87,7 @@ function drawBreakdown(summary) {
     yaxis: lapse.durationAxis("duration per call", summary.rows.flatMap((r) => [r.min, r.max])),
     showlegend: false,
     xaxis: { type: "category", title: { text: by } }, margin: { l: 60, r: 15, t: 10, b: 45 },
-    boxgap: summary.rows.length < 3 ? 0.6 : 0.3,
+    boxgap: rows.length < 3 ? 0.6 : 0.3,
   }), lapse.plotConfig);
   lapse.fill("breakdown-table", lapse.table([
     { label: by, text: true, value: label },
@@ -94,7 +96,7 @@ function drawBreakdown(summary) {
     { label: "calls/s", value: (r) => lapse.rate(r.throughput) },
     ...["min", "lower_hinge", "median", "upper_hinge", "max", "mean", "p95", "p99"].map(
       (key) => ({ label: key.replace("_", " "), value: (r) => lapse.duration(r[key]) })),
-  ], summary.rows, "breakdown-rows"));
+  ], rows, "breakdown-rows"));
 }
 
 function drawSlowest(calls) {
@@ -144,7 +146,7 @@ async function update() {
     drawSlowest(calls);
   } catch (error) {
     content.hidden = true;
-    lapse.notice(error.message, error.status === 404 ? "" : "error");
+    lapse.problem(error);
   }
 }
 

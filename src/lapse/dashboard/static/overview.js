@@ -184,7 +184,7 @@ async function update() {
     drawTable(summary);
   } catch (error) {
     content.hidden = true;
-    lapse.notice(error.message, error.status === 404 ? "" : "error");
+    lapse.problem(error);
   }
 }
 

@@ -4,7 +4,10 @@
 const { el } = lapse;
 
 function ended(run) {
-  if (run.ended_ns) return lapse.time(run.ended_ns);
+  if (run.ended_ns) {
+    return el("span", { title: `ended ${lapse.time(run.ended_ns)}` },
+      `after ${lapse.duration((run.ended_ns - run.started_ns) / 1e9)}`);
+  }
   return el("span", { class: "muted", title: `last written ${lapse.time(run.updated_ns)}` },
     "no end recorded");
 }
@@ -44,7 +47,7 @@ async function update() {
         ? el("span", { class: "error-text" }, lapse.count(r.dropped)) : "0") },
     ], runs, "run-table"));
   } catch (error) {
-    lapse.notice(error.message, error.status === 404 ? "" : "error");
+    lapse.problem(error);
   }
 }
 
