@@ -8,7 +8,9 @@
   ``environment``, ``host`` and ``pid``, the view users query.
 
 A segment that cannot be read (truncated by a crash, or corrupted) is left out
-with a warning naming it; the rest of the store still loads.
+with a warning naming it; the rest of the store still loads. A segment that
+disappears while it is read (merged by a running compaction) is not damage:
+``query()`` then reads the store again, so every event is counted once.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 RUN_COLUMNS_IN_EVENTS = ("service", "version", "environment", "host", "pid")
+READ_ATTEMPTS = 5
+"""Times ``query()`` reads a store whose segments keep being replaced (compaction)."""
 _MAGIC = b"PAR1"
 
 
@@ -72,7 +76,7 @@ def readable_files(paths: Sequence[Path]) -> list[Path]:
     for path in paths:
         if _looks_whole(path):
             good.append(path)
-        else:
+        elif path.exists():  # one removed meanwhile (merged by a compaction) is not damaged
             _warn_skipped(path, "truncated or not a Parquet file")
     return good
 
@@ -95,6 +99,8 @@ def _arrow_of(files: Sequence[Path], schema: pa.Schema) -> pa.Table:
     for path in files:
         try:
             tables.append(_conform(pq.read_table(path), schema))
+        except FileNotFoundError:
+            continue  # merged by a compaction meanwhile; query() reads the store again
         except (pa.ArrowException, OSError) as error:
             _warn_skipped(path, f"unreadable: {error}")
     return pa.concat_tables(tables) if tables else schema.empty_table()
@@ -121,6 +127,13 @@ def connect(
     decoded up front and the ones that fail are skipped with a warning: the
     path taken when a query trips over a segment corrupted inside.
     """
+    return _connect(folder, salvage, [])
+
+
+def _connect(
+    folder: str | os.PathLike[str] | None, salvage: bool, listed: list[Path]
+) -> duckdb.DuckDBPyConnection:
+    """``connect()``, adding the files its views read to ``listed`` (even if it fails)."""
     import duckdb
 
     root = resolve_dir(folder)
@@ -137,14 +150,15 @@ def connect(
         ("events_raw", _layout.segment_files(root), event_schema()),
         ("runs", _layout.run_files(root), run_schema()),
     ):
+        listed += files
         readable = readable_files(files)
         if salvage or not readable:
             con.register(view, _arrow_of(readable, schema))
         else:
-            listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in readable)
+            paths = ", ".join("'" + str(p).replace("'", "''") + "'" for p in readable)
             columns = ", ".join(f'"{f.name}"' for f in schema)
             con.execute(
-                f"CREATE VIEW {view} AS SELECT {columns} FROM read_parquet([{listed}], "  # noqa: S608
+                f"CREATE VIEW {view} AS SELECT {columns} FROM read_parquet([{paths}], "  # noqa: S608
                 "union_by_name = true)"
             )
     extra = ", ".join(f"r.{column}" for column in RUN_COLUMNS_IN_EVENTS)
@@ -168,25 +182,41 @@ def query(
     """
     import duckdb
 
-    con = connect(folder)
-    try:
-        return _run(con, sql_text, parameters, progress)
-    except duckdb.Error as error:
-        # DuckDB reports a segment corrupted inside as IOException, InvalidInputException
-        # or a bare Error ("Parquet file is likely corrupted"); only a mistake in the
-        # query itself (parser, binder, catalog) is not worth a salvage pass.
-        if isinstance(error, duckdb.ProgrammingError) and not isinstance(
-            error, duckdb.InvalidInputException
-        ):
-            raise StoreError(f"query failed: {error}") from None
-        con.close()
-        con = connect(folder, salvage=True)
+    salvage = False
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        listed: list[Path] = []
         try:
-            return _run(con, sql_text, parameters, progress)
+            con = _connect(folder, salvage, listed)
+            try:
+                table = _run(con, sql_text, parameters, progress)
+            finally:
+                con.close()
         except duckdb.Error as error:
-            raise StoreError(f"query failed: {error}") from None
-    finally:
-        con.close()
+            # DuckDB reports a segment corrupted inside as IOException, InvalidInputException
+            # or a bare Error ("Parquet file is likely corrupted"); only a mistake in the
+            # query itself (parser, binder, catalog) is not worth a salvage pass.
+            if isinstance(error, duckdb.ProgrammingError) and not isinstance(
+                error, duckdb.InvalidInputException
+            ):
+                raise StoreError(f"query failed: {error}") from None
+            if attempt == READ_ATTEMPTS or (salvage and not _vanished(listed)):
+                raise StoreError(f"query failed: {error}") from None
+            # A segment merged away meanwhile: read again. Else one is corrupt inside.
+            salvage = salvage or not _vanished(listed)
+            continue
+        if not _vanished(listed) or attempt == READ_ATTEMPTS:
+            return table
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _vanished(files: Sequence[Path]) -> bool:
+    """Whether a file read by a query has been removed since (a compaction merged it).
+
+    Merges write the new segment before removing the old ones, and readers skip
+    segments whose merged copy they listed, so a read that saw every file it
+    listed counted each event once; one that lost a file may have missed some.
+    """
+    return any(not path.exists() for path in files)
 
 
 def _run(

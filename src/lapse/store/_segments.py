@@ -1,6 +1,6 @@
 """Turning buffered raw tuples into stored rows, in the background writer.
 
-The hot path appends one of two tuple shapes (see ``lapse._instrument``)::
+The hot path appends one of two tuple shapes (see ``lapse._hotpath``)::
 
     minimal:           (instrument, t0, duration, error_class)
     standard / debug:  (instrument, t0, duration, error_class, span_id, trace_id,
