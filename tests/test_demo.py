@@ -10,7 +10,8 @@ from tests.recording import lapse_cli
 
 @pytest.mark.slow
 def test_demo_records_every_batch_from_every_worker(tmp_path):
-    """The demo's store holds exactly one event per batch scored, from one run per process."""
+    """The demo's store holds exactly one event per batch scored, from one run per process,
+    and one event per request to its FastAPI endpoint, with the scoring nested inside."""
     store = tmp_path / "demo"
     result = lapse_cli("demo", "--workers", "2", "--batches", "5", store=store, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -18,14 +19,21 @@ def test_demo_records_every_batch_from_every_worker(tmp_path):
         assert heading in result.stdout
     rows = lapse.sql("select name, count(*) as n from events group by name", store).to_pylist()
     counts = {row["name"]: row["n"] for row in rows}
-    assert counts == {"demo.train": 1, "demo.load_model": 2, "demo.predict_batch": 10,
-                      "demo.preprocess": 10}, result.stdout + result.stderr
+    assert counts == {"demo.train": 1, "demo.load_model": 3, "demo.predict_batch": 30,
+                      "demo.preprocess": 30, "POST /predict": 20, "GET /health": 1}, (
+        result.stdout + result.stderr)
     runs = lapse.sql("select count(*) as n, count(distinct pid) as pids from runs", store)
-    assert runs.to_pylist() == [{"n": 3, "pids": 3}]
+    assert runs.to_pylist() == [{"n": 4, "pids": 4}]  # the demo, 2 workers, the endpoint
     assert (store / "report.html").stat().st_size > 1_000_000, "plotly.js inlined"
     nested = lapse.sql("""
         select count(*) as n from events c join events p
           on c.parent_id = p.span_id and c.run_id = p.run_id
         where c.name = 'demo.preprocess' and p.name = 'demo.predict_batch'
     """, store)
-    assert nested.to_pylist() == [{"n": 10}]
+    assert nested.to_pylist() == [{"n": 30}]
+    served = lapse.sql("""
+        select count(*) as n from events c join events p
+          on c.parent_id = p.span_id and c.run_id = p.run_id
+        where c.name = 'demo.predict_batch' and p.name = 'POST /predict'
+    """, store)
+    assert served.to_pylist() == [{"n": 20}]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import stat
 import time
 import warnings
@@ -24,7 +25,9 @@ from lapse._instrument import Instrument
 from lapse._recorder import Run
 from lapse.store import _segments
 from lapse.store._maintenance import compact, purge
+from lapse.store._read import StoreWarning
 from tests import workers
+from tests.test_crash_safety import corrupt_inside
 
 DAY_NS = 86_400 * 10**9
 KEY = "a-secret-only-the-operator-knows"
@@ -88,6 +91,26 @@ def test_compaction_keeps_exactly_the_same_events(many_segments):
     assert set(keys.values()) == {1}
     assert [p.name.startswith("compacted-") for p in segment_files(store)] == [True]
     assert not list((store / "events").glob(".*"))  # no journal or temporary file left
+
+
+def test_compaction_skips_a_segment_corrupted_inside(store):
+    """A segment whose data is garbage (footer intact) is left in place with a warning
+    naming it; the readable ones are merged, without losing an event."""
+    lapse.configure(flush_interval="1h")
+    for _ in range(5):
+        workers.record(100)
+        lapse.flush()
+    lapse.shutdown()
+    damaged = segment_files(store)[2]
+    corrupt_inside(damaged)
+
+    with pytest.warns(StoreWarning, match=re.escape(str(damaged))):
+        result = compact(store)
+    assert result.skipped == [str(damaged)]
+    assert (result.merged, result.segments_after) == (4, 2)
+    assert damaged.exists()
+    with pytest.warns(StoreWarning, match=re.escape(str(damaged))):
+        assert len(stored_keys(store)) == 400
 
 
 def interrupt_compaction(store: Path, *, target_written: bool) -> list[Path]:
@@ -157,8 +180,8 @@ def test_queries_during_a_compaction_count_every_event_once(store):
     reader.start()
     try:
         assert started.wait(timeout=60)
-        for target_rows in (100, 200, 400, 800, 1600, 10**6):  # merge, then merge again
-            compact(store, target_rows=target_rows)
+        compact(store, target_rows=400)  # ten merges of ten segments...
+        compact(store)  # ...then one of the ten merged ones
     finally:
         stop.set()
     counts, warned = results.get(timeout=60)
@@ -258,6 +281,18 @@ def test_purge_erases_every_event_of_one_user_and_only_those(users_store):
     for path in store.rglob("*.parquet"):
         assert alice.encode() not in path.read_bytes(), path
         assert alice not in pq.read_table(path).column("user").to_pylist()
+
+
+def test_purge_skips_an_unreadable_segment_with_a_warning(users_store):
+    """A segment corrupted inside cannot be erased from: purge warns, naming it and what
+    to do, lists it, and still erases the user's events everywhere else."""
+    store = users_store
+    alice_segment, damaged = segment_files(store)
+    corrupt_inside(damaged)
+    with pytest.warns(StoreWarning, match=re.escape(str(damaged)) + ".*delete the file"):
+        result = purge(store, user="alice")
+    assert (result.events_removed, result.skipped) == (30, [str(damaged)])
+    assert pseudonymise("alice", KEY) not in pq.read_table(alice_segment).column("user")
 
 
 def test_purge_by_pseudonym_needs_no_key(users_store, monkeypatch):

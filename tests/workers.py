@@ -68,9 +68,28 @@ def crash_loop(progress_path: str) -> None:
         os.write(descriptor, f"{time.time_ns()} {done}\n".encode())
 
 
+def fork_at_start() -> int:
+    """Fork while the writer, just started, is still importing its modules.
+
+    Returns 0 if the child recorded and exited, 3 if it hung (it is then killed).
+    """
+    import multiprocessing
+
+    record(1)  # starts the writer thread, which begins importing pyarrow...
+    child = multiprocessing.get_context("fork").Process(target=record, args=(100,))
+    child.start()  # ...so the fork lands in the middle of those imports
+    child.join(timeout=30)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+        return 3
+    return 0 if child.exitcode == 0 else 4
+
+
 def main(argv: list[str]) -> int:
     """``exit N`` records N calls and exits without flushing; ``raise N`` then fails with an
-    uncaught exception; ``crash FILE`` records until killed (see ``crash_loop``)."""
+    uncaught exception; ``fork-at-start`` see ``fork_at_start``; ``crash FILE`` records
+    until killed (see ``crash_loop``)."""
     mode = argv[0]
     if mode == "exit":
         record(int(argv[1]))
@@ -78,6 +97,8 @@ def main(argv: list[str]) -> int:
     if mode == "raise":
         record(int(argv[1]))
         raise RuntimeError("the program fails after recording")
+    if mode == "fork-at-start":
+        return fork_at_start()
     if mode == "crash":
         crash_loop(argv[1])
     raise SystemExit(f"unknown mode {mode!r}")

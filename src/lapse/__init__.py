@@ -42,18 +42,23 @@ __all__ = [
     "Report",
     "StoreError",
     "__version__",
+    "analyze",
     "configure",
     "fivenum",
     "flush",
+    "instrument",
     "load",
+    "predict_latency",
     "report",
     "reset",
+    "serve_metrics",
     "set",
     "shutdown",
     "span",
     "sql",
     "status",
     "timed",
+    "uninstrument",
     "user",
 ]
 
@@ -109,7 +114,64 @@ def fivenum(values: "_Iterable[float]") -> tuple[float, float, float, float, flo
     return _fivenum(values)
 
 
+def instrument(library: str) -> int:
+    """Auto-instrument a library's calls: ``lapse.instrument("sklearn")`` times every estimator.
+
+    scikit-learn's fit, predict, predict_proba, transform, score… become events
+    named ``sklearn.<Class>.<method>`` with ``rows`` and ``features``; pipeline
+    steps nest. Returns how many methods were wrapped (0 if already done).
+    ``lapse.uninstrument("sklearn")`` undoes it.
+    """
+    from lapse.integrations import instrument as _instrument
+
+    return _instrument(library)
+
+
+def uninstrument(library: str) -> int:
+    """Undo ``lapse.instrument(library)``: every original method is put back."""
+    from lapse.integrations import uninstrument as _uninstrument
+
+    return _uninstrument(library)
+
+
+def serve_metrics(port: int, addr: str = "127.0.0.1") -> _Any:
+    """Serve Prometheus ``/metrics`` (latency histograms, errors per event) on ``addr:port``.
+
+    Needs the Prometheus sink: ``configure(sinks=["prometheus"])`` or
+    ``LAPSE_SINKS=prometheus``. Under gunicorn, see docs/integrations.md
+    (``PROMETHEUS_MULTIPROC_DIR``). A port already taken logs a warning and
+    returns None. Returns the HTTP server otherwise.
+    """
+    from lapse.integrations.prometheus import serve_metrics as _serve
+
+    return _serve(port, addr)
+
+
+def predict_latency(
+    event: str,
+    inputs: "_Any" = None,
+    *,
+    dir: _Any = None,  # noqa: A002 - matches configure(dir=)
+    level: float = 0.9,
+    **attrs: _Any,
+) -> _Any:
+    """Estimated duration of a call of ``event`` with these attributes, with an interval.
+
+    ``lapse.predict_latency("predict", rows=50_000)`` fits (once per store
+    state) the model of ``lapse.analyze.drivers(event)`` and returns a
+    Prediction: ``estimate``, ``low``, ``high`` in seconds, ``explain()``.
+    Needs the stats extra: ``pip install 'lapse[stats]'``.
+    """
+    from lapse.analysis.api import predict_latency as _predict
+
+    return _predict(event, inputs, dir=dir, level=level, **attrs)
+
+
 def __getattr__(name: str) -> _Any:
+    if name == "analyze":
+        from importlib import import_module
+
+        return import_module("lapse.analysis.api")
     if name == "Report":
         from lapse.reporting import Report
 

@@ -125,6 +125,53 @@ def _parse_packages(value: object, setting: str) -> tuple[str, ...]:
     raise _bad(setting, value, "package names, as a list or a comma-separated string")
 
 
+SINK_NAMES: dict[str, tuple[str, str]] = {
+    "otlp": ("opentelemetry.exporter.otlp.proto.http", "otel"),
+    "prometheus": ("prometheus_client", "prometheus"),
+}
+"""Sinks known by name: the module each needs and the extra that installs it."""
+
+
+def _parse_sinks(value: object, setting: str) -> tuple[Any, ...]:
+    """``"otlp,prometheus"``, or a list of those names and sink objects (``export(table, run)``)."""
+    if isinstance(value, str):
+        items: list[object] = [name.strip() for name in value.split(",") if name.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise _bad(setting, value, "sink names (otlp, prometheus) or sink objects, as a list")
+    for item in items:
+        if isinstance(item, str):
+            name = item.strip().lower()
+            if name not in SINK_NAMES:
+                raise _bad(setting, item, "a sink name (" + ", ".join(SINK_NAMES)
+                           + ") or an object with an export(table, run) method")
+            _check_installed(setting, name)
+        elif not callable(getattr(item, "export", None)):
+            raise _bad(setting, item, "a sink name (" + ", ".join(SINK_NAMES)
+                       + ") or an object with an export(table, run) method")
+    unique: dict[object, object] = {}  # each sink once: a name twice would export twice
+    for item in items:
+        sink = item.strip().lower() if isinstance(item, str) else item
+        unique.setdefault(sink if isinstance(sink, str) else id(sink), sink)
+    return tuple(unique.values())
+
+
+def _check_installed(setting: str, name: str) -> None:
+    from importlib.util import find_spec
+
+    module, extra = SINK_NAMES[name]
+    try:
+        found = find_spec(module) is not None
+    except ImportError:
+        found = False
+    if not found:
+        option = OPTIONS_BY_NAME.get(setting)
+        where = f"{setting}= / {option.env}" if option else setting
+        raise ConfigError(f"{where}: the {name} sink needs {module}; "
+                          f"install it with: pip install 'lapse[{extra}]'")
+
+
 def _parse_dir(value: object, setting: str) -> Path:
     if not isinstance(value, str | os.PathLike) or str(value) == "":
         raise _bad(setting, value, "a directory path")
@@ -172,6 +219,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("user_key", "LAPSE_USER_KEY", None, _parse_optional_text,
            "Secret key for pseudonymising users at debug level; never stored. "
            "Without it no user is recorded."),
+    Option("sinks", "LAPSE_SINKS", "", _parse_sinks,
+           "Where events also go, beside the store: otlp, prometheus (comma-separated), "
+           "or sink objects; see docs/integrations.md."),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 
@@ -191,6 +241,7 @@ class Settings:
     max_age: int | None
     packages: tuple[str, ...]
     user_key: str | None = field(repr=False)
+    sinks: tuple[Any, ...] = ()
 
 
 def resolve(

@@ -26,6 +26,7 @@ def configure(
     max_age: str | float | None = None,
     packages: list[str] | str | None = None,
     user_key: str | None = None,
+    sinks: list[Any] | tuple[Any, ...] | str | None = None,
     **unknown: object,
 ) -> Settings:
     """Set up lapse for this process; optional, since defaults and ``LAPSE_*`` variables work.
@@ -37,13 +38,14 @@ def configure(
     setting name is a ConfigError too, suggesting the setting meant.
 
     Settings given here are also exported as ``LAPSE_*`` variables, so worker
-    processes started with ``spawn`` (or any subprocess) record to the same store.
+    processes started with ``spawn`` (or any subprocess) record to the same store
+    (sinks by name only: a sink object stays in this process).
     """
     arguments: dict[str, Any] = {
         "dir": dir, "level": level, "service": service, "version": version,
         "environment": environment, "flush_interval": flush_interval,
         "buffer_size": buffer_size, "slow": slow, "max_age": max_age,
-        "packages": packages, "user_key": user_key,
+        "packages": packages, "user_key": user_key, "sinks": sinks,
     }
     given = {name: value for name, value in arguments.items() if value is not None}
     settings = resolve({**unknown, **given})  # a misspelt setting is a ConfigError too
@@ -54,7 +56,10 @@ def configure(
         option = OPTIONS_BY_NAME[name]
         if option.env not in _exported:
             _exported[option.env] = os.environ.get(option.env)
-        text = ",".join(value) if isinstance(value, list | tuple) else str(value)
+        if name == "sinks":  # objects cannot travel to other processes; names can
+            text = ",".join(sink for sink in settings.sinks if isinstance(sink, str))
+        else:
+            text = ",".join(value) if isinstance(value, list | tuple) else str(value)
         os.environ[option.env] = str(settings.dir) if name == "dir" else text
     return settings
 

@@ -3,14 +3,24 @@
 A gradient-boosting classifier is trained on the breast-cancer data set that
 ships with scikit-learn (nothing is downloaded), saved with joblib, then
 loaded and scored in batches of varying size by worker processes started with
-``spawn``, all at standard level. Then the demo shows what ``lapse runs``,
-``lapse tail`` and ``lapse report`` show, and writes the HTML report.
+``spawn``, all at standard level. Meanwhile the same model is served as a
+FastAPI endpoint under uvicorn with lapse's ASGI middleware, and the demo sends
+it requests: each is a ``POST /predict`` event with the scoring nested inside.
+Then the demo shows what ``lapse runs``, ``lapse tail`` and ``lapse report``
+show, and writes the HTML report.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -61,7 +71,81 @@ def score(worker: int, model_path: str, batches: int) -> int:
     return positives
 
 
-def run(store: Path, *, workers: int = 4, batches: int = 50) -> int:
+MODEL_VARIABLE = "LAPSE_DEMO_MODEL"
+"""Where the model endpoint (a separate uvicorn process) finds the saved model."""
+
+
+def model_app() -> Any:
+    """The demo's model endpoint: FastAPI with lapse's ASGI middleware (``uvicorn --factory``).
+
+    ``POST /predict`` with ``{"rows": [[30 numbers], ...]}`` answers how many
+    rows are predicted positive; ``GET /health`` answers ok.
+    """
+    import joblib
+    import numpy as np
+    from fastapi import Body, FastAPI
+
+    from lapse.integrations.asgi import LapseMiddleware
+
+    with lapse.span("demo.load_model", worker="endpoint"):
+        model = joblib.load(os.environ[MODEL_VARIABLE])
+    app = FastAPI(title="lapse demo model")
+    app.add_middleware(LapseMiddleware)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    def predict(rows: list[list[float]] = Body(..., embed=True)) -> dict[str, int]:  # noqa: B008
+        data = np.asarray(rows, dtype=np.float64)
+        return {"positives": predict_batch(model, data, batch_size=len(data))}
+
+    return app
+
+
+def serve_model(model_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the model endpoint under uvicorn on a free loopback port; its process and URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, MODEL_VARIABLE: str(model_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "lapse._demo:model_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def call_model(process: subprocess.Popen[bytes], url: str, requests: int) -> int:
+    """Send ``requests`` prediction requests (batches of random size); the positives."""
+    from sklearn.datasets import load_breast_cancer
+
+    features, _ = load_breast_cancer(return_X_y=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):  # noqa: S310 - loopback
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                error = process.stderr.read().decode() if process.stderr else ""
+                raise RuntimeError(f"the demo's model endpoint did not start: {error}") from None
+            time.sleep(0.1)
+    pick = random.Random(99)
+    positives = 0
+    for _ in range(requests):
+        size = pick.choice((1, 8, 32))
+        start = pick.randrange(0, len(features) - size)
+        body = json.dumps({"rows": features[start:start + size].tolist()}).encode()
+        request = urllib.request.Request(  # noqa: S310 - the demo's own http:// endpoint
+            f"{url}/predict", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+            positives += int(json.load(response)["positives"])
+    return positives
+
+
+def run(store: Path, *, workers: int = 4, batches: int = 50, requests: int = 20) -> int:
     """Run the demo against ``store``; returns the exit status."""
     from rich.console import Console
 
@@ -75,12 +159,25 @@ def run(store: Path, *, workers: int = 4, batches: int = 50) -> int:
         model_path = Path(folder) / "model.joblib"
         train(model_path)
         console.print("trained a gradient-boosting model on scikit-learn's breast-cancer data")
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(score, w, str(model_path), batches) for w in range(workers)]
-            total = sum(f.result() for f in futures)
+        server, url = serve_model(model_path) if requests else (None, "")
+        try:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(score, w, str(model_path), batches)
+                           for w in range(workers)]
+                total = sum(f.result() for f in futures)
+            console.print(f"scored {workers * batches} batches in {workers} processes "
+                          f"({total} positive predictions)")
+            if server is not None:
+                served = call_model(server, url, requests)
+                console.print(f"sent {requests} requests to the model endpoint {url}/predict "
+                              f"(FastAPI + lapse.integrations.asgi.LapseMiddleware under "
+                              f"uvicorn; {served} positive predictions)")
+        finally:
+            if server is not None:
+                server.terminate()  # the middleware writes the endpoint's events at shutdown
+                server.wait(timeout=60)
     lapse.flush()
-    console.print(f"scored {workers * batches} batches in {workers} processes "
-                  f"({total} positive predictions)\n")
+    console.print()
     console.rule("lapse runs")
     cli.main(["runs", "--dir", str(store)])
     console.rule("lapse tail -n 8 --no-follow")

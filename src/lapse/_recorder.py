@@ -18,10 +18,11 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lapse._config import OFF, Settings, resolve
@@ -48,6 +49,7 @@ class Run:
     resource: dict[str, Any] = field(default_factory=dict)
     segments: int = 0
     ended_ns: int | None = None
+    kind: str = "process"
 
 
 def new_run_id(now_ns: int, pid: int) -> str:
@@ -69,6 +71,8 @@ class Recorder:
         self.settings: Settings | None = None
         self.run: Run | None = None
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.sink_dropped: dict[str, int] = {}
+        self.run_kind = "process"
         self._run_dirty = True
         self._warned: set[str] = set()
         self._thread: threading.Thread | None = None
@@ -88,8 +92,10 @@ class Recorder:
         with self._count_lock:
             self.dropped[reason] += count
             self._run_dirty = True
-        if warn and reason not in self._warned:
-            self._warned.add(reason)
+            first = warn and reason not in self._warned  # decided once among threads
+            if first:
+                self._warned.add(reason)
+        if first:
             logger.warning(
                 "lapse dropped %d event(s) (%s); further drops are counted in the run "
                 "record without more warnings", count, reason.replace("_", " "),
@@ -147,6 +153,18 @@ class Recorder:
             running = self._thread is not None and self._thread.is_alive()
             self.level = settings.level if running or settings.level == OFF else UNSTARTED
 
+    def set_run_kind(self, kind: str) -> None:
+        """Mark this process's run as ``kind`` (``test``, ``stress``): its run record says so.
+
+        Kept for runs started later in this process and in forked children, so a
+        test's or a stress worker's subprocesses are marked too; the run record
+        is rewritten at the next flush.
+        """
+        self.run_kind = kind
+        if self.run is not None:
+            self.run.kind = kind
+        self._run_dirty = True
+
     def _apply(self, settings: Settings) -> None:
         self.capacity = settings.buffer_size
         self.slow = settings.slow
@@ -155,7 +173,7 @@ class Recorder:
         now = time.time_ns()
         pid = os.getpid()
         self._run_dirty = True
-        return Run(new_run_id(now, pid), pid, now, settings)
+        return Run(new_run_id(now, pid), pid, now, settings, kind=self.run_kind)
 
     @staticmethod
     def _resource(settings: Settings) -> dict[str, Any]:
@@ -250,6 +268,28 @@ class Recorder:
         except Exception as error:  # noqa: BLE001 - disk full, unwritable dir, ...
             self.drop("write_error", len(batch), warn=False)
             self._warn_write_error(run, error)
+        if run.settings.sinks:
+            self._export(run, table)
+
+    def _export(self, run: Run, table: Any) -> None:
+        """Hand a written batch to each sink (OTLP, Prometheus...), in the writer thread."""
+        from lapse.integrations import _sinks
+
+        for spec in run.settings.sinks:
+            try:
+                _sinks.get(spec).export(table, run)
+            except Exception as error:  # noqa: BLE001 - a sink never costs the store an event
+                self.drop_sink(_sinks.name_of(spec), table.num_rows, error)
+
+    def drop_sink(self, name: str, count: int, error: object) -> None:
+        """Count ``count`` events sink ``name`` lost (the store keeps them); warn once per sink."""
+        with self._count_lock:
+            self.sink_dropped[name] = self.sink_dropped.get(name, 0) + count
+        self._warn_once(
+            f"sink:{name}", "lapse could not export events to %s (%s); the local store keeps "
+            "them. Further losses are counted in lapse.status()['sink_dropped'] without more "
+            "warnings", name, error,
+        )
 
     def _write_run(self, run: Run) -> None:
         from lapse.store import _segments
@@ -257,6 +297,8 @@ class Recorder:
         with self._count_lock:
             dropped = dict(self.dropped)
             self._run_dirty = False
+        if run.kind != "process":  # the record's kind; resource keys override its default
+            run = replace(run, resource={**run.resource, "kind": run.kind})
         try:
             _segments.write_run(run, dropped)
         except Exception as error:  # noqa: BLE001 - retried at the next flush
@@ -292,6 +334,9 @@ class Recorder:
             run.ended_ns = time.time_ns()
             self._run_dirty = True
             self.flush()
+        sinks = sys.modules.get("lapse.integrations._sinks")
+        if sinks is not None:  # only if a sink was ever used: never imported for nothing
+            sinks.close_all(timeout)
 
     def _at_exit(self) -> None:
         self._exiting = True
@@ -323,6 +368,7 @@ class Recorder:
         self._thread = None
         self._stopping = False
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.sink_dropped = {}
         self._warned = set()
         self.run = None
         if self.level != OFF:
@@ -356,6 +402,11 @@ class Recorder:
         self.level = UNSTARTED
         self._exiting = False
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.sink_dropped = {}
+        sinks = sys.modules.get("lapse.integrations._sinks")
+        if sinks is not None:
+            sinks.forget()
+        self.run_kind = "process"
         self._warned = set()
         self._run_dirty = True
 
@@ -369,6 +420,7 @@ class Recorder:
             "buffered": len(self.buffer),
             "capacity": self.capacity,
             "dropped": dict(self.dropped),
+            "sink_dropped": dict(self.sink_dropped),
             "writer_alive": bool(self._thread and self._thread.is_alive()),
         }
 

@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "lapse.commands.store",
     "lapse.commands.reports",
     "lapse.commands.demo",
+    "lapse.commands.stress",
+    "lapse.commands.analyze",
 )
 
 __all__ = ["build_parser", "format_duration", "format_time", "main"]

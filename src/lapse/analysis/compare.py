@@ -126,7 +126,9 @@ def bootstrap_ratio(
 
     def medians(sample: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if sample.size > BOOTSTRAP_CAP:
-            sample = rng.choice(sample, BOOTSTRAP_CAP, replace=False)
+            # The same draws as rng.choice(sample, ...), by index: a sample kept in an
+            # engine (lapse.analysis.engines) hands over only the values drawn.
+            sample = sample[rng.choice(sample.size, BOOTSTRAP_CAP, replace=False)]
         rows = max(1, 20_000_000 // sample.size)  # resample in chunks of ~160 MB at most
         out = []
         for start in range(0, resamples, rows):
@@ -161,6 +163,32 @@ def adjust(p_values: Sequence[float], correction: str) -> list[float]:
     return [float(v) for v in adjusted]
 
 
+@dataclass(frozen=True)
+class Side:
+    """One side of an event's comparison: what the tests need of its sample.
+
+    ``values`` is the sample (durations in seconds) as the bootstrap draws from
+    it: an array, or an object with ``size`` and indexing by position that
+    fetches order statistics from an engine (``lapse.analysis.engines``).
+    """
+
+    size: int
+    median: float | None
+    minimum: float | None
+    maximum: float | None
+    values: Any
+
+
+def side_of(values: npt.NDArray[np.float64]) -> Side:
+    """A Side from an array of durations (seconds)."""
+    import numpy as np
+
+    if not values.size:
+        return Side(0, None, None, None, values)
+    return Side(int(values.size), float(np.median(values)), float(np.min(values)),
+                float(np.max(values)), values)
+
+
 def compare_samples(
     samples: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]],
     *,
@@ -171,8 +199,33 @@ def compare_samples(
     resamples: int = 2000,
 ) -> list[EventComparison]:
     """Compare (baseline, candidate) duration samples per event name."""
-    import numpy as np
     from scipy.stats import brunnermunzel
+
+    def p_value(name: str, base: Side, cand: Side) -> float:
+        return float(brunnermunzel(cand.values, base.values, alternative="two-sided").pvalue)
+
+    sides = {name: (side_of(base), side_of(cand)) for name, (base, cand) in samples.items()}
+    return compare_sides(sides, p_value, threshold=threshold, alpha=alpha,
+                         correction=correction, min_calls=min_calls, resamples=resamples)
+
+
+def compare_sides(
+    sides: dict[str, tuple[Side, Side]],
+    p_value: Any,
+    *,
+    threshold: float = 0.05,
+    alpha: float = 0.05,
+    correction: str = "holm",
+    min_calls: int = 20,
+    resamples: int = 2000,
+) -> list[EventComparison]:
+    """Compare (baseline, candidate) per event from each side's numbers.
+
+    ``p_value(name, base, cand)`` gives the two-sided Brunner-Munzel p-value of
+    an event with enough calls on both sides (scipy on arrays, or from ranks
+    computed in an engine).
+    """
+    import numpy as np
 
     if correction not in CORRECTIONS:
         raise ConfigError(f"correction: {correction!r} is not valid; expected one of "
@@ -183,28 +236,27 @@ def compare_samples(
         raise ConfigError(f"threshold: {threshold!r} is not valid; expected 0.05 for 5%.")
     tested: list[tuple[str, float, float, float, float]] = []
     results: dict[str, EventComparison] = {}
-    for name, (base, cand) in sorted(samples.items()):
-        base_median = float(np.median(base)) if base.size else None
-        cand_median = float(np.median(cand)) if cand.size else None
+    for name, (base, cand) in sorted(sides.items()):
+        base_median, cand_median = base.median, cand.median
         if base.size < min_calls or cand.size < min_calls or not base_median:
             results[name] = EventComparison(name, NOT_ENOUGH, int(base.size), int(cand.size),
                                             base_median, cand_median, None, None, None, None,
                                             None)
             continue
         assert cand_median is not None
-        if np.ptp(base) == 0 and np.ptp(cand) == 0:
-            p_value = 1.0 if base[0] == cand[0] else 0.0
+        if base.minimum == base.maximum and cand.minimum == cand.maximum:
+            p = 1.0 if base.minimum == cand.minimum else 0.0
         else:
-            p_value = float(brunnermunzel(cand, base, alternative="two-sided").pvalue)
-            if np.isnan(p_value):  # no overlap at all: as different as samples can be
-                p_value = 0.0
-        low, high = bootstrap_ratio(base, cand, alpha, resamples)
-        tested.append((name, p_value, cand_median / base_median, low, high))
+            p = p_value(name, base, cand)
+            if np.isnan(p):  # no overlap at all: as different as samples can be
+                p = 0.0
+        low, high = bootstrap_ratio(base.values, cand.values, alpha, resamples)
+        tested.append((name, p, cand_median / base_median, low, high))
         results[name] = EventComparison(name, UNCHANGED, int(base.size), int(cand.size),
                                         base_median, cand_median, cand_median / base_median,
-                                        low, high, p_value, None)
+                                        low, high, p, None)
     adjusted = adjust([t[1] for t in tested], correction)
-    for (name, p_value, ratio, low, high), p_adj in zip(tested, adjusted, strict=True):
+    for (name, p_raw, ratio, low, high), p_adj in zip(tested, adjusted, strict=True):
         verdict = UNCHANGED
         if p_adj < alpha and ratio > 1 + threshold:
             verdict = SLOWER
@@ -214,7 +266,7 @@ def compare_samples(
         results[name] = EventComparison(
             name, verdict, base_entry.baseline_calls, base_entry.candidate_calls,
             base_entry.baseline_median, base_entry.candidate_median, ratio, low, high,
-            p_value, p_adj,
+            p_raw, p_adj,
         )
     order = {SLOWER: 0, FASTER: 1, UNCHANGED: 2, NOT_ENOUGH: 3}
     return sorted(results.values(), key=lambda e: (order[e.verdict], -(e.ratio or 0)))
@@ -231,22 +283,41 @@ def compare(
     correction: str = "holm",
     min_calls: int = 20,
     labels: tuple[str, str] = ("baseline", "candidate"),
+    engine: str = "duckdb",
 ) -> Comparison:
-    """Compare two selections of one store (or of two stores) event by event."""
-    base = _durations(baseline, baseline_dir)
-    cand = _durations(candidate, candidate_dir if candidate_dir is not None else baseline_dir)
-    import numpy as np
+    """Compare two selections of one store (or of two stores) event by event.
 
-    empty = np.empty(0)
-    names = sorted(set(base) | set(cand))
-    samples = {n: (base.get(n, empty), cand.get(n, empty)) for n in names}
+    ``engine="spark"`` computes the medians, ranks and bootstrap draws on Spark
+    (``lapse.analysis.engines``); the verdicts are the same as DuckDB's.
+    """
+    candidate_dir = candidate_dir if candidate_dir is not None else baseline_dir
+    if engine != "duckdb":
+        from lapse.analysis import engine_compare, engines
+
+        engines.check_engine(engine)
+        sides, p_value = engine_compare.compare_sides(
+            baseline, candidate, baseline_dir=baseline_dir, candidate_dir=candidate_dir,
+            engine=engine, min_calls=min_calls)
+        events = compare_sides(sides, p_value, threshold=threshold, alpha=alpha,
+                               correction=correction, min_calls=min_calls)
+        has_base = any(base.size for base, _ in sides.values())
+        has_cand = any(cand.size for _, cand in sides.values())
+    else:
+        base = _durations(baseline, baseline_dir)
+        cand = _durations(candidate, candidate_dir)
+        import numpy as np
+
+        empty = np.empty(0)
+        names = sorted(set(base) | set(cand))
+        samples = {n: (base.get(n, empty), cand.get(n, empty)) for n in names}
+        events = compare_samples(samples, threshold=threshold, alpha=alpha,
+                                 correction=correction, min_calls=min_calls)
+        has_base, has_cand = bool(base), bool(cand)
     notes = []
-    if not base:
+    if not has_base:
         notes.append(f"the baseline ({labels[0]}) selects no events")
-    if not cand:
+    if not has_cand:
         notes.append(f"the candidate ({labels[1]}) selects no events")
-    events = compare_samples(samples, threshold=threshold, alpha=alpha, correction=correction,
-                             min_calls=min_calls)
     return Comparison(events, labels[0], labels[1], threshold, alpha, correction, notes)
 
 

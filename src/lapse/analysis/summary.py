@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lapse.analysis.fivenum import PERCENTILES, summarize
+from lapse.analysis.fivenum import PERCENTILES, OrderSummary, summarize
 from lapse.analysis.selection import Selection
 from lapse.store import _read
 
@@ -89,8 +89,15 @@ def summary(
     selection: Selection,
     dir: str | os.PathLike[str] | None = None,  # noqa: A002 - matches configure(dir=)
     progress: Progress | None = None,
+    engine: str = "duckdb",
 ) -> Summary:
-    """Summarise the selected events per name and grouping term."""
+    """Summarise the selected events per name and grouping term.
+
+    ``engine="spark"`` runs the same analysis on Spark over the same segments
+    (``lapse.analysis.engines``), with identical order statistics.
+    """
+    if engine != "duckdb":
+        return _engine_summary(selection, dir, engine)
     root = _read.resolve_dir(dir)
     where, parameters = selection.where_sql()
     groups = selection.group_sql()
@@ -117,16 +124,44 @@ def summary(
         parameters, root,
     )
     dropped = int(runs.column("dropped")[0].as_py()) if runs.num_rows else 0
-    since, until = selection.window_ns()
-    firsts = [v for v in table.column("first_ns").to_pylist() if v is not None]
-    lasts = [v for v in table.column("last_ns").to_pylist() if v is not None]
-    start = since if since is not None else (min(firsts) if firsts else None)
-    end = until if until is not None else (max(lasts) if lasts else None)
-    seconds = (end - start) / 1e9 if start is not None and end is not None else 0.0
+    start, end, seconds = _window(selection, table.column("first_ns").to_pylist(),
+                                  table.column("last_ns").to_pylist())
     rows = _rows(table, [label for label, _ in groups], seconds)
     rows.sort(key=lambda row: row["total"], reverse=True)
     return Summary(rows, tuple(selection.by), (start, end), dropped,
                    sum(r["count"] for r in rows), root, selection)
+
+
+def _engine_summary(
+    selection: Selection, folder: str | os.PathLike[str] | None, engine: str
+) -> Summary:
+    """The summary computed on another engine (Spark): the same rows, order statistics in it."""
+    from lapse.analysis import engines
+
+    engines.check_engine(engine)
+    groups, dropped = engines.summary_groups(selection, folder, engine)
+    root = (Path(engines.store_location(folder)) if folder is not None
+            else _read.resolve_dir(None))
+    start, end, seconds = _window(selection, [g["first_ns"] for g in groups],
+                                  [g["last_ns"] for g in groups])
+    labels = list(selection.by)
+    rows = [_row(group, labels, group["stats"], seconds) for group in groups]
+    rows.sort(key=lambda row: row["total"], reverse=True)
+    return Summary(rows, tuple(selection.by), (start, end), dropped,
+                   sum(r["count"] for r in rows), root, selection)
+
+
+def _window(
+    selection: Selection, firsts: list[int | None], lasts: list[int | None]
+) -> tuple[int | None, int | None, float]:
+    """The selection's time window (asked for, else the events') and its length in seconds."""
+    since, until = selection.window_ns()
+    known_firsts = [v for v in firsts if v is not None]
+    known_lasts = [v for v in lasts if v is not None]
+    start = since if since is not None else (min(known_firsts) if known_firsts else None)
+    end = until if until is not None else (max(known_lasts) if known_lasts else None)
+    seconds = (end - start) / 1e9 if start is not None and end is not None else 0.0
+    return start, end, seconds
 
 
 def _rows(table: pa.Table, labels: list[str], seconds: float) -> list[dict[str, Any]]:
@@ -137,26 +172,32 @@ def _rows(table: pa.Table, labels: list[str], seconds: float) -> list[dict[str, 
     rows = []
     for index, group in enumerate(meta):
         sample = flat[offsets[index]:offsets[index + 1]].astype(np.float64)
-        stats = summarize(sample)
-        n = int(group["n"])
-        row: dict[str, Any] = {"name": group["name"]}
-        row.update({label: group[label] for label in labels})
-        p90, p95, p99, p999 = (p / 1e9 for p in stats.percentiles)
-        row.update(
-            count=n,
-            errors=int(group["errors"]),
-            error_rate=group["errors"] / n,
-            throughput=n / seconds if seconds > 0 else None,
-            total=group["total_ns"] / 1e9,
-            mean=group["total_ns"] / n / 1e9,
-            min=stats.minimum / 1e9,
-            lower_hinge=stats.lower_hinge / 1e9,
-            median=stats.median / 1e9,
-            upper_hinge=stats.upper_hinge / 1e9,
-            max=stats.maximum / 1e9,
-            p90=p90, p95=p95, p99=p99, p99_9=p999,
-            outliers=stats.outliers,
-        )
-        rows.append(row)
+        rows.append(_row(group, labels, summarize(sample), seconds))
     assert len(PERCENTILES) == 4
     return rows
+
+
+def _row(
+    group: dict[str, Any], labels: list[str], stats: OrderSummary, seconds: float
+) -> dict[str, Any]:
+    """One summary row from a group's counts and its order statistics (durations in s)."""
+    n = int(group["n"])
+    row: dict[str, Any] = {"name": group["name"]}
+    row.update({label: group[label] for label in labels})
+    p90, p95, p99, p999 = (p / 1e9 for p in stats.percentiles)
+    row.update(
+        count=n,
+        errors=int(group["errors"]),
+        error_rate=group["errors"] / n,
+        throughput=n / seconds if seconds > 0 else None,
+        total=group["total_ns"] / 1e9,
+        mean=group["total_ns"] / n / 1e9,
+        min=stats.minimum / 1e9,
+        lower_hinge=stats.lower_hinge / 1e9,
+        median=stats.median / 1e9,
+        upper_hinge=stats.upper_hinge / 1e9,
+        max=stats.maximum / 1e9,
+        p90=p90, p95=p95, p99=p99, p99_9=p999,
+        outliers=stats.outliers,
+    )
+    return row

@@ -12,7 +12,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Train a model, score it in batches from worker processes, then show tail and runs."""
     from lapse import _demo
 
-    return _demo.run(store(args), workers=args.workers, batches=args.batches)
+    return _demo.run(store(args), workers=args.workers, batches=args.batches,
+                     requests=args.requests)
 
 
 def add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -21,6 +22,9 @@ def add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
     demo.add_argument("--workers", type=int, default=4, help="scoring processes (default: 4)")
     demo.add_argument("--batches", type=int, default=50,
                       help="batches each worker scores (default: 50)")
+    demo.add_argument("--requests", type=int, default=20,
+                      help="requests sent to the demo's FastAPI model endpoint (default: 20; "
+                      "0 skips the endpoint)")
     demo.set_defaults(handler=cmd_demo)
 
 

@@ -19,13 +19,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     since, until = args.since, args.until
     if args.between:
         since, until = between(args.between)
-    with progress_bar("scanning events") as bar:
-        task = bar.add_task("scanning events", total=1.0)
-        result = report(
-            store(args), by=args.by, since=since, until=until, name=args.name, run=args.run,
-            service=args.service, version=args.version, where=args.where,
-            progress=lambda done: bar.update(task, completed=done),
-        )
+    if args.engine != "duckdb":
+        result = engine_report(args, since, until)
+    else:
+        with progress_bar("scanning events") as bar:
+            task = bar.add_task("scanning events", total=1.0)
+            result = report(
+                store(args), by=args.by, since=since, until=until, name=args.name,
+                run=args.run, service=args.service, version=args.version, where=args.where,
+                progress=lambda done: bar.update(task, completed=done),
+            )
     if args.format == "table":
         text = None
     elif args.format == "html":
@@ -42,6 +45,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def engine_report(args: argparse.Namespace, since: Any, until: Any) -> Any:
+    """The report computed on another engine (``--engine spark``) over the same segments."""
+    from lapse.analysis.selection import Selection
+    from lapse.analysis.summary import summary
+    from lapse.reporting import Report
+
+    selection = Selection(since=since, until=until, name=args.name, run=args.run,
+                          service=args.service, version=args.version, where=tuple(args.where),
+                          by=tuple(args.by))
+    return Report(summary(selection, args.dir or store(args), engine=args.engine))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare a candidate with a baseline per event; exit 1 if any is significantly slower."""
     from lapse.analysis.compare import compare, parse_selector
@@ -56,6 +71,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         threshold=args.threshold, alpha=args.alpha, correction=args.correction,
         min_calls=args.min_calls,
         labels=(args.baseline or str(baseline_dir), args.candidate or str(candidate_dir)),
+        engine=args.engine,
     )
     if args.format == "table":
         console().print(render_comparison(result, "table"))
@@ -101,7 +117,16 @@ def add_report(commands: Any, common: argparse.ArgumentParser) -> None:
                         default="table", help="output format (default: a terminal table)")
     report.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
     report.add_argument("--title", default="lapse report", help="title of the HTML report")
+    add_engine(report)
     report.set_defaults(handler=cmd_report)
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """The --engine option of the commands whose analyses also run on Spark."""
+    parser.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
+                        help="where the analysis runs: duckdb (default, this machine) or "
+                        "spark (the same analysis on a Spark cluster, or local mode; --dir "
+                        "may then be a URI such as s3a://bucket/lapse)")
 
 
 def add_compare(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -125,6 +150,7 @@ def add_compare(commands: Any, common: argparse.ArgumentParser) -> None:
     compare.add_argument("--min-calls", type=int, default=20,
                          help="calls needed on each side to judge an event (default 20)")
     compare.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    add_engine(compare)
     compare.set_defaults(handler=cmd_compare)
 
 

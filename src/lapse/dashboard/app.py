@@ -34,8 +34,10 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 UNAUTHORIZED_PAGE = """<!doctype html><html><head><meta charset="utf-8">
-<title>lapse dashboard: token needed</title><link rel="stylesheet" href="/static/style.css">
-</head><body><main><h1>This lapse dashboard needs a token</h1>
+<title>lapse dashboard: token needed</title>
+<style>body {{ font: 15px/1.5 system-ui, sans-serif; margin: 3rem auto; max-width: 44rem;
+color: #1f2430; }} code {{ background: #f3f4f6; padding: 0 0.2rem; }}</style></head>
+<body><main><h1>This lapse dashboard needs a token</h1>
 <p>{message}</p><p>Open the dashboard once as <code>/?token=TOKEN</code> (the token given to
 <code>lapse dashboard --token</code> or in <code>LAPSE_DASHBOARD_TOKEN</code>); API clients send
 <code>Authorization: Bearer TOKEN</code>.</p></main></body></html>"""

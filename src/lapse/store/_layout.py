@@ -10,15 +10,22 @@
 Every file is written under a temporary name ending in ``.tmp`` and renamed
 into place with ``os.replace``, so a reader (lapse or any Parquet engine
 globbing ``*.parquet``) sees a whole file or none.
+
+Segments are only removed by maintenance (compaction, retention), under an
+exclusive ``flock`` of ``events/``; lapse's readers hold it shared while they
+list and read, so a segment never disappears in the middle of a query. A lock
+of ``runs/`` is the gate that lets maintenance in between queries.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 EVENTS = "events"
 RUNS = "runs"
@@ -26,6 +33,8 @@ SEGMENT_SUFFIX = ".parquet"
 JOURNAL_PREFIX = ".compacting-"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+REMOVE_WAIT_S = 10.0
+"""Longest maintenance waits for running queries before removing segments anyway."""
 
 
 def events_dir(root: Path) -> Path:
@@ -55,13 +64,19 @@ def segment_files(root: Path) -> list[Path]:
     folder = events_dir(root)
     if not folder.is_dir():
         return []
-    hidden = superseded(folder)
-    return sorted(p for p in folder.iterdir() if p.name.endswith(SEGMENT_SUFFIX)
-                  and not p.name.startswith(".") and p.name not in hidden)
+    # List first, then read the journals: a merged segment written in between
+    # would otherwise be listed beside the sources it replaces.
+    listed = [p for p in folder.iterdir() if p.name.endswith(SEGMENT_SUFFIX)
+              and not p.name.startswith(".")]
+    hidden = superseded(folder, {p.name for p in listed})
+    return sorted(p for p in listed if p.name not in hidden)
 
 
-def superseded(folder: Path) -> set[str]:
-    """Names of segments already merged into a compacted segment that exists."""
+def superseded(folder: Path, present: set[str] | None = None) -> set[str]:
+    """Names of segments already merged into a compacted segment that exists.
+
+    With ``present`` (a listing of the folder), the target must be in it.
+    """
     import json
 
     hidden: set[str] = set()
@@ -70,9 +85,77 @@ def superseded(folder: Path) -> set[str]:
             plan = json.loads(journal.read_text())
         except (OSError, ValueError):
             continue
-        if (folder / plan["target"]).exists():
+        target = plan["target"]
+        if target in present if present is not None else (folder / target).exists():
             hidden.update(plan["sources"])
     return hidden
+
+
+@contextmanager
+def reading(root: Path) -> Iterator[None]:
+    """Hold the segments' lock shared while listing and reading them (see ``removing``)."""
+    fcntl = _fcntl()
+    gate, segments = _open_folder(runs_dir(root)), _open_folder(events_dir(root))
+    try:
+        if fcntl is not None and gate is not None and segments is not None:
+            # Pass through the gate (held by maintenance while it waits), so a
+            # stream of queries cannot keep maintenance waiting for ever.
+            with suppress(OSError):  # a file system without locks: read again instead
+                fcntl.flock(gate, fcntl.LOCK_SH)
+                fcntl.flock(segments, fcntl.LOCK_SH)
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        yield
+    finally:
+        _close(gate, segments)
+
+
+@contextmanager
+def removing(root: Path) -> Iterator[None]:
+    """Hold the segments' lock exclusively while removing some.
+
+    Closes the gate to new queries, then waits for running ones to end (at most
+    ``REMOVE_WAIT_S``; past that a query that loses a segment reads the store again).
+    """
+    fcntl = _fcntl()
+    gate, segments = _open_folder(runs_dir(root)), _open_folder(events_dir(root))
+    try:
+        if fcntl is not None and gate is not None and segments is not None:
+            deadline = time.monotonic() + REMOVE_WAIT_S
+            for descriptor in (gate, segments):
+                while True:
+                    try:
+                        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            break
+                        time.sleep(0.005)
+                    except OSError:  # a file system without locks
+                        break
+        yield
+    finally:
+        _close(gate, segments)
+
+
+def _fcntl() -> Any:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: readers rely on reading again instead
+        return None
+    return fcntl
+
+
+def _open_folder(folder: Path) -> int | None:
+    try:
+        return os.open(folder, os.O_RDONLY)
+    except OSError:  # no such folder (yet): nothing to protect
+        return None
+
+
+def _close(*descriptors: int | None) -> None:
+    for descriptor in descriptors:
+        if descriptor is not None:
+            os.close(descriptor)  # releases its lock
 
 
 def run_files(root: Path) -> list[Path]:

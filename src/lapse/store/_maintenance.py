@@ -16,7 +16,7 @@ import secrets
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -68,9 +68,10 @@ def _exclusive(root: Path) -> Iterator[None]:
     except ImportError:  # not POSIX: no advisory lock, run one maintenance job at a time
         yield
         return
-    descriptor = os.open(_layout.events_dir(root), os.O_RDONLY)
+    descriptor = os.open(root, os.O_RDONLY)  # not events/, which readers lock
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with suppress(OSError):  # a file system without locks: no exclusion
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
         os.close(descriptor)  # releases the lock
@@ -85,10 +86,11 @@ def recover(root: Path) -> None:
         except (OSError, ValueError):
             journal.unlink(missing_ok=True)
             continue
-        if (folder / plan["target"]).exists():
-            for name in plan["sources"]:
-                (folder / name).unlink(missing_ok=True)
-        journal.unlink(missing_ok=True)
+        with _layout.removing(root):
+            if (folder / plan["target"]).exists():
+                for name in plan["sources"]:
+                    (folder / name).unlink(missing_ok=True)
+            journal.unlink(missing_ok=True)
 
 
 def compact(
@@ -133,7 +135,8 @@ def _compact(
         if cutoff is not None and _newest_start(meta) < cutoff:
             result.expired += 1
             result.expired_events += meta.num_rows
-            path.unlink(missing_ok=True)
+            with _layout.removing(root):
+                path.unlink(missing_ok=True)
             continue
         sizes[path] = meta.num_rows
         survivors.append(path)
@@ -216,9 +219,10 @@ def _merge(root: Path, sources: list[Path]) -> tuple[int, list[tuple[Path, Excep
     plan = {"target": target.name, "sources": [p.name for p in sources]}
     _layout.write_atomically(journal, lambda f: _write_bytes(f, json.dumps(plan).encode()))
     _layout.write_atomically(target, lambda f: pq.write_table(table, f, compression=COMPRESSION))
-    for path in sources:
-        path.unlink(missing_ok=True)
-    journal.unlink(missing_ok=True)
+    with _layout.removing(root):
+        for path in sources:
+            path.unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
     return len(sources), unreadable
 
 
@@ -265,6 +269,7 @@ class PurgeResult:
     events_removed: int = 0
     segments_rewritten: int = 0
     runs_cleared: int = 0
+    skipped: list[str] = field(default_factory=list)
 
 
 def purge(
@@ -295,6 +300,7 @@ def purge(
 
 
 def _purge(root: Path, pseudonym: str, progress: Progress | None) -> PurgeResult:
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -304,7 +310,16 @@ def _purge(root: Path, pseudonym: str, progress: Progress | None) -> PurgeResult
     result = PurgeResult(pseudonym)
     files = readable_files(_layout.segment_files(root))
     for done, path in enumerate(files, 1):
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as error:
+            result.skipped.append(str(path))
+            warnings.warn(
+                f"lapse skipped segment {path} (unreadable: {error}): events of this user "
+                "in it could not be erased; delete the file to complete the erasure.",
+                StoreWarning, stacklevel=3,
+            )
+            continue
         if "user" in table.column_names:
             matches = pc.equal(table.column("user"), pseudonym)
             hits = pc.sum(matches.cast("int64")).as_py() or 0

@@ -186,11 +186,12 @@ def query(
     for attempt in range(1, READ_ATTEMPTS + 1):
         listed: list[Path] = []
         try:
-            con = _connect(folder, salvage, listed)
-            try:
-                table = _run(con, sql_text, parameters, progress)
-            finally:
-                con.close()
+            with _layout.reading(resolve_dir(folder)):
+                con = _connect(folder, salvage, listed)
+                try:
+                    table = _run(con, sql_text, parameters, progress)
+                finally:
+                    con.close()
         except duckdb.Error as error:
             # DuckDB reports a segment corrupted inside as IOException, InvalidInputException
             # or a bare Error ("Parquet file is likely corrupted"); only a mistake in the

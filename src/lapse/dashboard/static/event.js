@@ -5,6 +5,7 @@ const { params, el } = lapse;
 const name = decodeURIComponent(location.pathname.slice("/event/".length));
 const sinceBox = document.getElementById("since");
 const byBox = document.getElementById("by");
+let latest = 0; // only the newest update() draws: an older, slower answer is dropped
 
 function setUp() {
   document.title = `lapse · ${name}`;
@@ -123,6 +124,7 @@ function drawSlowest(calls) {
 
 async function update() {
   const content = document.getElementById("content");
+  const mine = ++latest;
   try {
     await addAttributeOptions();
     const [summary, breakdown, series, bins, calls] = await Promise.all([
@@ -132,6 +134,7 @@ async function update() {
       lapse.api("histogram", filters()),
       lapse.api("slowest", { ...filters(), limit: 20 }),
     ]);
+    if (mine !== latest) return;
     if (summary.rows.length === 0) {
       content.hidden = true;
       lapse.notice(`No calls of ${name} in ${summary.store} in this time range.`);
@@ -145,6 +148,7 @@ async function update() {
     drawBreakdown(breakdown);
     drawSlowest(calls);
   } catch (error) {
+    if (mine !== latest) return;
     content.hidden = true;
     lapse.problem(error);
   }

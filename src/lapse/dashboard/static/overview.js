@@ -7,6 +7,7 @@ const byBox = document.getElementById("by");
 const attrBox = document.getElementById("attr");
 const percentileBox = document.getElementById("percentile");
 let lastSeries = null;
+let latest = 0; // only the newest update() draws: an older, slower answer is dropped
 
 function grouping() {
   if (byBox.value === "attrs") {
@@ -161,11 +162,13 @@ function drawTable(summary) {
 
 async function update() {
   const content = document.getElementById("content");
+  const mine = ++latest;
   try {
     const query = { ...filters(), by: grouping() };
     const [summary, series] = await Promise.all([
       lapse.api("summary", query), lapse.api("timeseries", filters()),
     ]);
+    if (mine !== latest) return;
     lapse.api("attributes", filters()).then((found) => lapse.fill("attr-keys",
       found.keys.map((key) => el("option", { value: `attrs.${key}` })))).catch(() => {});
     if (summary.events === 0) {
@@ -183,6 +186,7 @@ async function update() {
     drawSeries(series);
     drawTable(summary);
   } catch (error) {
+    if (mine !== latest) return;
     content.hidden = true;
     lapse.problem(error);
   }

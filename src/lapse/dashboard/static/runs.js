@@ -27,16 +27,8 @@ async function update() {
     lapse.fill("runs", lapse.table([
       { label: "run", text: true, value: (r) => el("a", { class: "mono run-id",
         href: `/?run=${encodeURIComponent(r.run_id)}`, title: "this run's events" }, r.run_id) },
-      { label: "kind", text: true, value: text("kind") },
       { label: "service", text: true, value: text("service") },
       { label: "version", text: true, value: text("version") },
-      { label: "environment", text: true, value: text("environment") },
-      { label: "host", text: true, value: text("host") },
-      { label: "pid", value: text("pid") },
-      { label: "program", text: true, value: text("program") },
-      { label: "python", text: true, value: text("python") },
-      { label: "git commit", text: true, value: (r) => (r.git_commit
-        ? el("span", { class: "mono", title: r.git_commit }, r.git_commit.slice(0, 10)) : "—") },
       { label: "level", text: true, value: text("level") },
       { label: "started", text: true, value: (r) => lapse.time(r.started_ns) },
       { label: "ended", text: true, value: ended },
@@ -45,6 +37,14 @@ async function update() {
         ? el("span", { class: "error-text" }, lapse.count(r.errors)) : "0") },
       { label: "dropped", value: (r) => (r.dropped
         ? el("span", { class: "error-text" }, lapse.count(r.dropped)) : "0") },
+      { label: "environment", text: true, value: text("environment") },
+      { label: "host", text: true, value: text("host") },
+      { label: "pid", value: text("pid") },
+      { label: "program", text: true, value: text("program") },
+      { label: "python", text: true, value: text("python") },
+      { label: "git commit", text: true, value: (r) => (r.git_commit
+        ? el("span", { class: "mono", title: r.git_commit }, r.git_commit.slice(0, 10)) : "—") },
+      { label: "kind", text: true, value: text("kind") },
     ], runs, "run-table"));
   } catch (error) {
     lapse.problem(error);
