@@ -9,8 +9,7 @@ import pytest
 from scipy.stats import mannwhitneyu, rankdata
 
 import lapse
-from lapse import synthetic
-from lapse.analysis.calls import NotEnoughDataError
+from lapse import NotEnoughDataError, synthetic
 from lapse.analysis.changes import changes, rank_statistic, ranks, series_changes
 from lapse.analysis.selection import Selection
 from tests.recording import lapse_cli

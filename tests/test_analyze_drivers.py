@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 import lapse
-from lapse import synthetic
-from lapse.analysis.calls import NotEnoughDataError, load_calls, parse_attrs
+from lapse import NotEnoughDataError, synthetic
+from lapse.analysis.calls import load_calls, parse_attrs
 from lapse.analysis.drivers import drivers, fit, parse_inputs
 from lapse.analysis.selection import Selection
 from tests.recording import lapse_cli

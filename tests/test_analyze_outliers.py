@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import lapse
-from lapse import synthetic
-from lapse.analysis.calls import NotEnoughDataError
+from lapse import NotEnoughDataError, synthetic
 from lapse.analysis.outliers import outliers
 from lapse.analysis.selection import Selection
 from tests.recording import lapse_cli

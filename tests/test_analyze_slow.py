@@ -7,8 +7,7 @@ import json
 import pytest
 
 import lapse
-from lapse import synthetic
-from lapse.analysis.calls import NotEnoughDataError
+from lapse import NotEnoughDataError, synthetic
 from lapse.analysis.selection import Selection
 from lapse.analysis.slo import Slo, parse_slo
 from lapse.analysis.slowcalls import slow_calls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -13,13 +14,35 @@ import pytest
 
 from tests.recording import lapse_cli, record
 
-COMMANDS = ("tail", "runs", "compact", "purge", "sql", "demo")
+
+def _commands() -> list[str]:
+    """Every command and analysis the parser knows, so a new one cannot skip this test."""
+    from lapse.cli import build_parser
+
+    def choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    names = []
+    for name, sub in choices(build_parser()).items():
+        names += [f"{name} {analysis}" for analysis in choices(sub)] or [name]
+    return names
+
+
+COMMANDS = _commands()
+
+
+def test_the_command_list_covers_every_documented_command():
+    assert {"tail", "runs", "compact", "purge", "sql", "report", "compare", "dashboard",
+            "demo", "stress", "analyze drivers", "analyze capacity"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_explains_itself_and_takes_dir(command):
     """`lapse COMMAND --help` works and documents --dir, so users can point at any store."""
-    result = lapse_cli(command, "--help")
+    result = lapse_cli(*command.split(), "--help")
     assert result.returncode == 0, result.stderr
     assert "--dir" in result.stdout
     assert "LAPSE_DIR" in result.stdout
@@ -31,7 +54,7 @@ def test_python_dash_m_and_console_script_are_the_same_command():
     script = subprocess.run([Path(sys.executable).with_name("lapse"), "--help"],
                             capture_output=True, text=True, check=True)
     assert module.returncode == 0
-    for command in COMMANDS:
+    for command in {command.split()[0] for command in COMMANDS}:
         assert command in module.stdout
         assert command in script.stdout
 
@@ -166,3 +189,14 @@ def test_purge_by_user_erases_only_that_user(store):
     assert "erased 2 events" in result.stdout
     left = lapse_cli("sql", "select count(*) as n from events", "--format", "csv", store=store)
     assert left.stdout.splitlines()[1] == "1"
+
+
+@pytest.mark.parametrize(("ns", "shown"), [
+    (812, "812 ns"), (999.6, "1 µs"), (12_345, "12.3 µs"), (3_200_000, "3.2 ms"),
+    (999_960_000, "1 s"), (1_250_000_000, "1.25 s"), (900e9, "15.0 min"), (None, "—"),
+])
+def test_durations_read_in_the_unit_a_person_expects(ns, shown):
+    """Rounding happens before the unit is picked: 999.96 ms is "1 s", never "1e+03 ms"."""
+    from lapse.cli import format_duration
+
+    assert format_duration(ns) == shown

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from lapse._control import configure, flush, reset, shutdown, status
-from lapse._errors import ConfigError, LapseError, StoreError
+from lapse._errors import (
+    ConfigError,
+    LapseError,
+    NotEnoughDataError,
+    StoreError,
+    TargetError,
+)
 from lapse._instrument import ActiveSpan, Instrument, set, span, timed, user  # noqa: A004
 
 if _TYPE_CHECKING:
@@ -39,8 +45,10 @@ __all__ = [
     "ConfigError",
     "Instrument",
     "LapseError",
+    "NotEnoughDataError",
     "Report",
     "StoreError",
+    "TargetError",
     "__version__",
     "analyze",
     "configure",

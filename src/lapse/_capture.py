@@ -9,6 +9,7 @@ pseudonymised with a keyed hash whose key is never written anywhere.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import hmac
@@ -40,8 +41,10 @@ _SECRET_PARTS = ("password", "passwd", "passphrase", "secret", "credential", "ap
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
-    """Whether an attribute named ``key`` must have its value redacted."""
+    """Whether an attribute named ``key`` must have its value redacted (cached: the writer
+    asks for the same few keys on every event)."""
     words = [word.lower() for word in _WORD.findall(key)]
     if any(word in _SECRET_WORDS for word in words):
         return True

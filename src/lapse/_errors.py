@@ -5,8 +5,10 @@ Instrumentation never raises; these come from explicit calls (``configure``,
 kind thing to do::
 
     LapseError
-     ├── ConfigError      a setting has a bad value; the message names it, the value and the fix
-     └── StoreError       the store cannot be read or changed as asked
+     ├── ConfigError          a setting has a bad value; the message names it, the value and the fix
+     ├── StoreError           the store cannot be read or changed as asked
+     ├── NotEnoughDataError   an analysis has too little data; the message says how much it needs
+     └── TargetError          a stress target cannot be used (unreachable, not importable, remote)
 """
 
 from __future__ import annotations
@@ -26,3 +28,11 @@ class ConfigError(LapseError, ValueError):
 
 class StoreError(LapseError):
     """The store cannot be read or changed as asked (missing directory, bad query)."""
+
+
+class NotEnoughDataError(LapseError):
+    """The selection has too little data for an analysis; the message says how much it needs."""
+
+
+class TargetError(LapseError):
+    """A stress target cannot be used: unreachable, not importable, or not allowed."""

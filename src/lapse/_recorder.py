@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from lapse._config import OFF, Settings, resolve
@@ -297,8 +297,6 @@ class Recorder:
         with self._count_lock:
             dropped = dict(self.dropped)
             self._run_dirty = False
-        if run.kind != "process":  # the record's kind; resource keys override its default
-            run = replace(run, resource={**run.resource, "kind": run.kind})
         try:
             _segments.write_run(run, dropped)
         except Exception as error:  # noqa: BLE001 - retried at the next flush

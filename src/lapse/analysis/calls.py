@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lapse._errors import ConfigError, LapseError
+from lapse._errors import ConfigError, LapseError, NotEnoughDataError
 from lapse.analysis.selection import Selection
 from lapse.store import _read
 
@@ -34,10 +34,6 @@ MAX_LEVELS = 30
 OTHER = "(other)"
 CONTEXT = ("version", "host", "service", "caller")
 DAY_NS = 86_400_000_000_000
-
-
-class NotEnoughDataError(LapseError):
-    """The selection has too little data for an analysis; the message says how much it needs."""
 
 
 @dataclass

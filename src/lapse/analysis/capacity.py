@@ -35,8 +35,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lapse._errors import ConfigError
-from lapse.analysis.calls import NotEnoughDataError, calls_sql, require_event
+from lapse._errors import ConfigError, NotEnoughDataError
+from lapse.analysis.calls import calls_sql, require_event
 from lapse.analysis.result import AnalysisResult
 from lapse.analysis.selection import Selection
 from lapse.analysis.slo import Slo, parse_slo
@@ -262,7 +262,7 @@ class Capacity(AnalysisResult):
 
     def explain(self) -> str:
         """The model, its assumptions, the data and whether measurement checked it."""
-        from lapse.reporting.analysis import human_seconds
+        from lapse.reporting import human_seconds
 
         text = (
             f"M/G/c queue model of {self.event} (Poisson arrivals, first come first served, "

@@ -34,8 +34,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lapse._errors import ConfigError
-from lapse.analysis.calls import NotEnoughDataError, event_counts
+from lapse._errors import ConfigError, NotEnoughDataError
+from lapse.analysis.calls import event_counts
 from lapse.analysis.result import AnalysisResult
 from lapse.analysis.selection import Selection
 from lapse.store import _read
@@ -145,7 +145,7 @@ class Changes(AnalysisResult):
             if self.series else 0
         buckets = sorted({s.buckets for s in self.series})
         widths = sorted({s.bucket_s for s in self.series})
-        from lapse.reporting.analysis import human_seconds
+        from lapse.reporting import human_seconds
 
         span = (f"{buckets[0]}–{buckets[-1]}" if buckets[0] != buckets[-1]
                 else str(buckets[0])) if buckets else "0"

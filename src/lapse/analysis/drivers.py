@@ -99,7 +99,7 @@ class Prediction:
 
     def explain(self) -> str:
         """The prediction in a sentence, with what it assumed."""
-        from lapse.reporting.analysis import human_seconds
+        from lapse.reporting import human_seconds
 
         given = ", ".join(f"{k}={v}" for k, v in self.inputs.items()) or "typical inputs"
         text = (f"{self.event} with {given}: about {human_seconds(self.estimate)} (median), "
@@ -211,7 +211,7 @@ class Drivers(AnalysisResult):
 
 
 def _human(seconds: float) -> str:
-    from lapse.reporting.analysis import human_seconds
+    from lapse.reporting import human_seconds
 
     return human_seconds(seconds)
 
@@ -332,7 +332,7 @@ def fit(
     """Fit, evaluate and explain the model of one event's calls (see the module doc)."""
     try:
         import sklearn.ensemble  # noqa: F401 - loads OpenMP before its threads are limited
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+        from threadpoolctl import threadpool_limits
     except ImportError as error:
         raise stats_import_error(error) from None
     # One OpenMP thread: on these sizes more threads gain little, and on a busy machine

@@ -80,7 +80,7 @@ def compare_sides(
     small enough for the bootstrap to use whole (``BOOTSTRAP_CAP``) come back
     whole, larger ones stay in the engine (RankedSample).
     """
-    import ibis  # type: ignore[import-untyped]
+    import ibis
     import numpy as np
 
     from lapse.analysis.compare import BOOTSTRAP_CAP, Side

@@ -97,7 +97,7 @@ def execute(source: Source, expression: Expr) -> Any:
     ``DataFrame.toArrow()`` (Ibis's own path goes through pandas).
     """
     if source.backend == "spark":
-        import ibis  # type: ignore[import-untyped]
+        import ibis
 
         session = spark_session()
         return session.sql(ibis.to_sql(expression, dialect="pyspark")).toArrow()

@@ -21,10 +21,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lapse._errors import ConfigError
+from lapse._errors import ConfigError, NotEnoughDataError
 from lapse.analysis.calls import (
     CONTEXT,
-    NotEnoughDataError,
     event_counts,
     features,
     load_calls,

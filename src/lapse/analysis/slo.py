@@ -25,7 +25,7 @@ class Slo:
     percentile: float | None = None
 
     def __str__(self) -> str:
-        from lapse.reporting.analysis import human_seconds
+        from lapse.reporting import human_seconds
 
         bound = human_seconds(self.threshold).replace(" ", "")
         if self.percentile is None:

@@ -142,7 +142,7 @@ class SlowCalls(AnalysisResult):
 
     def explain(self) -> str:
         """What was learned, from how much data, and how well it holds on held-out calls."""
-        from lapse.reporting.analysis import human_seconds
+        from lapse.reporting import human_seconds
 
         sample = (f"a random sample of {self.used:,} of its {self.calls:,} calls"
                   if self.used < self.calls else f"its {self.calls:,} calls")

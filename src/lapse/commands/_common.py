@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 
 
 def format_duration(ns: float | None) -> str:
-    """Nanoseconds in the unit a person reads best: ``812 ns``, ``3.20 ms``, ``1.25 s``."""
+    """Nanoseconds in the unit a person reads best: ``812 ns``, ``3.2 ms``, ``1.25 s``."""
     if ns is None:
         return "—"
+    # Round to what is shown first, so 999.96 ms reads "1 s", not "1e+03 ms".
+    ns = float(f"{ns:.3g}")
     for limit, unit, scale in ((1e3, "ns", 1.0), (1e6, "µs", 1e3), (1e9, "ms", 1e6)):
         if abs(ns) < limit:
             value = ns / scale

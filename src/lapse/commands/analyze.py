@@ -130,7 +130,7 @@ def _selection_options() -> argparse.ArgumentParser:
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``lapse analyze`` and its analyses to the ``lapse`` parser."""
     analyze = commands.add_parser(
-        "analyze", help="statistics over the store: changes, drivers, slow, outliers, "
+        "analyze", help="Statistics over the store: changes, drivers, slow, outliers, "
         "capacity", description="Data science over the recorded events. Each analysis says "
         "what it tested, on how much data and with what confidence (see docs/analysis.md). "
         "Each takes --dir PATH (default: $LAPSE_DIR, else ./.lapse) and the selection "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from lapse.reporting import human_seconds as _human_seconds
+from lapse.reporting import human_seconds
 
 if TYPE_CHECKING:
     from lapse.analysis.capacity import Capacity
@@ -38,14 +38,6 @@ class Table:
 
 Block = str | list[str] | Table
 """A paragraph, a bullet list or a table; a paragraph starting with '# ' is a heading."""
-
-
-def human_seconds(value: float | None) -> str:
-    """Seconds in the unit a person reads best, rounded to 3 significant digits first (so
-    0.99996 s reads 1 s, not 1e+03 ms)."""
-    if value is None:
-        return "—"
-    return _human_seconds(float(f"{value:.3g}"))
 
 
 def _when(ns: int | None) -> str:

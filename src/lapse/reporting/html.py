@@ -88,7 +88,7 @@ def _figures(
     for row in mine:
         label = " ".join(str(v) for k, v in row.items() if k in _group_keys(rows)) or name
         box.add_trace(go.Box(
-            name=label, q1=[row["lower_hinge"] * 1e3], median=[row["median"] * 1e3],
+            name=label, x=[label], q1=[row["lower_hinge"] * 1e3], median=[row["median"] * 1e3],
             q3=[row["upper_hinge"] * 1e3], lowerfence=[row["min"] * 1e3],
             upperfence=[row["max"] * 1e3], mean=[row["mean"] * 1e3], boxpoints=False,
         ))

@@ -36,14 +36,15 @@ def int64(values: Sequence[int | None]) -> pa.Array:
     import pyarrow as pa
 
     n = len(values)
-    try:
-        data = np.array(values, dtype=np.int64)
-        validity = None
-    except TypeError:  # some are None
-        boxed = np.array(values, dtype=object)
-        missing = boxed == None  # noqa: E711 - elementwise comparison
-        data = np.where(missing, 0, boxed).astype(np.int64)
+    nones = values.count(None)
+    if nones == n:
+        return pa.nulls(n, pa.int64())
+    validity = None
+    if nones:
+        missing = np.fromiter((v is None for v in values), dtype=bool, count=n)
+        values = [0 if v is None else v for v in values]
         validity = pa.py_buffer(np.packbits(~missing, bitorder="little"))
+    data = np.fromiter(values, dtype=np.int64, count=n)
     return pa.Array.from_buffers(pa.int64(), n, [validity, pa.py_buffer(data)])
 
 
@@ -94,22 +95,33 @@ def by_identity(values: Sequence[Any], label: Callable[[Any], str | None]) -> pa
     different objects merely repeat in the dictionary.
     """
     import numpy as np
-    import pyarrow as pa
 
-    ids = np.fromiter(map(id, values), dtype=np.uint64, count=len(values))
+    n = len(values)
+    ids = np.fromiter(map(id, values), dtype=np.uint64, count=n)
+    if n and ids.min() == ids.max():  # one object throughout (one thread, one caller)
+        return constant(label(values[0]), n)
     _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    dictionary = _plain_strings([label(values[i]) for i in first])
-    index = pa.Array.from_buffers(
-        pa.int32(), len(values), [None, pa.py_buffer(inverse.astype(np.int32))]
-    )
-    return pa.DictionaryArray.from_arrays(index, dictionary).cast(pa.string())
+    return by_code(inverse, [label(values[i]) for i in first])
 
 
-def constant(value: str, n: int) -> pa.Array:
-    """``n`` copies of one string."""
+def by_code(codes: Any, labels: Sequence[str | None]) -> pa.Array:
+    """A string column from integer ``codes`` (a NumPy array) that index ``labels``."""
     import numpy as np
     import pyarrow as pa
 
+    index = pa.Array.from_buffers(
+        pa.int32(), len(codes), [None, pa.py_buffer(np.asarray(codes, dtype=np.int32))]
+    )
+    return pa.DictionaryArray.from_arrays(index, _plain_strings(labels)).cast(pa.string())
+
+
+def constant(value: str | None, n: int) -> pa.Array:
+    """``n`` copies of one string (``None``: n nulls)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if value is None:
+        return pa.nulls(n, pa.string())
     index = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(np.zeros(n, np.int32))])
     return pa.DictionaryArray.from_arrays(index, _plain_strings([value])).cast(pa.string())
 

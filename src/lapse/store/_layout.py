@@ -184,3 +184,8 @@ def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def describe(error: BaseException) -> str:
+    """An error on one line, for a warning that names a file (Arrow's messages span lines)."""
+    return " ".join(str(error).split()) or type(error).__name__

@@ -149,8 +149,9 @@ def _compact(
         for path, error in unreadable:
             result.skipped.append(str(path))
             warnings.warn(
-                f"lapse skipped segment {path} (unreadable: {error}); it was left as it is "
-                "and the rest of the store was compacted.", StoreWarning, stacklevel=3,
+                f"lapse skipped segment {path} (unreadable: {_layout.describe(error)}); "
+                "it was left as it is and the rest of the store was compacted.",
+                StoreWarning, stacklevel=3,
             )
         done += len(batch)
         result.merged += merged
@@ -198,7 +199,7 @@ def _merge(root: Path, sources: list[Path]) -> tuple[int, list[tuple[Path, Excep
     import pyarrow.parquet as pq
 
     from lapse.store._read import _conform
-    from lapse.store._segments import COMPRESSION
+    from lapse.store._segments import write_events
 
     folder = _layout.events_dir(root)
     schema = event_schema()
@@ -218,7 +219,7 @@ def _merge(root: Path, sources: list[Path]) -> tuple[int, list[tuple[Path, Excep
     journal = folder / f"{_layout.JOURNAL_PREFIX}{target.stem}.json"
     plan = {"target": target.name, "sources": [p.name for p in sources]}
     _layout.write_atomically(journal, lambda f: _write_bytes(f, json.dumps(plan).encode()))
-    _layout.write_atomically(target, lambda f: pq.write_table(table, f, compression=COMPRESSION))
+    _layout.write_atomically(target, lambda f: write_events(f, table))
     with _layout.removing(root):
         for path in sources:
             path.unlink(missing_ok=True)
@@ -231,11 +232,9 @@ def _write_bytes(handle: BinaryIO, data: bytes) -> None:
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
-    import pyarrow.parquet as pq
+    from lapse.store._segments import write_events
 
-    from lapse.store._segments import COMPRESSION
-
-    _layout.write_atomically(path, lambda f: pq.write_table(table, f, compression=COMPRESSION))
+    _layout.write_atomically(path, lambda f: write_events(f, table))
 
 
 def _check_key(root: Path, key: str) -> None:
@@ -315,8 +314,9 @@ def _purge(root: Path, pseudonym: str, progress: Progress | None) -> PurgeResult
         except (pa.ArrowException, OSError) as error:
             result.skipped.append(str(path))
             warnings.warn(
-                f"lapse skipped segment {path} (unreadable: {error}): events of this user "
-                "in it could not be erased; delete the file to complete the erasure.",
+                f"lapse skipped segment {path} (unreadable: {_layout.describe(error)}): "
+                "events of this user in it could not be erased; "
+                "delete the file to complete the erasure.",
                 StoreWarning, stacklevel=3,
             )
             continue

@@ -102,7 +102,7 @@ def _arrow_of(files: Sequence[Path], schema: pa.Schema) -> pa.Table:
         except FileNotFoundError:
             continue  # merged by a compaction meanwhile; query() reads the store again
         except (pa.ArrowException, OSError) as error:
-            _warn_skipped(path, f"unreadable: {error}")
+            _warn_skipped(path, f"unreadable: {_layout.describe(error)}")
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 

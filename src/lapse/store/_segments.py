@@ -34,6 +34,10 @@ STATISTICS = ["name", "run_id", "start_ns", "duration_ns"]
 """Columns with min/max statistics: what readers prune on (and retention reads start_ns).
 Statistics on every column cost a third of the write time for nothing."""
 
+DELTA_COLUMNS = ("start_ns", "span_id", "trace_id", "parent_id")
+"""Increasing integers, stored as deltas: a third of the write time and of the size of
+dictionary pages that overflow on unique values."""
+
 USER_KEY_CHECK = b"lapse.user_key_check"
 """Run-record metadata: a keyed hash of a constant, so ``purge`` can tell a wrong key."""
 
@@ -50,8 +54,13 @@ def encode_events(batch: Sequence[tuple[Any, ...]], run: Run) -> pa.Table:
     # perf_counter_ns() has an arbitrary origin; anchor it to the wall clock now,
     # so each flush corrects for any drift between the two clocks.
     offset = time.time_ns() - time.perf_counter_ns()
-    minimal = [event for event in batch if len(event) == 4]
-    detailed = [event for event in batch if len(event) != 4]
+    widths = list(map(len, batch))
+    narrow = widths.count(4)
+    if narrow in (0, len(batch)):  # one level throughout, the usual case: no split
+        minimal, detailed = (list(batch), []) if narrow else ([], list(batch))
+    else:
+        minimal = [event for event in batch if len(event) == 4]
+        detailed = [event for event in batch if len(event) != 4]
     tables = []
     if minimal:
         tables.append(_encode_minimal(minimal, run, offset))
@@ -63,7 +72,7 @@ def encode_events(batch: Sequence[tuple[Any, ...]], run: Run) -> pa.Table:
 
 
 def _common_columns(
-    instruments: Sequence[Any],
+    keys: Sequence[Any],
     starts: Sequence[int],
     durations: Sequence[int],
     errors: Sequence[type[BaseException] | None],
@@ -79,8 +88,7 @@ def _common_columns(
         status = _arrow.strings(["ok" if e is None else "error" for e in errors])
         error_type = _arrow.strings([None if e is None else _error_name(e) for e in errors])
     return {
-        "name": _arrow.by_identity(instruments, lambda i: i.name),
-        "kind": _arrow.by_identity(instruments, lambda i: i.kind),
+        **_instrument_columns(keys),
         "start_ns": _arrow.int64_plus(starts, offset),
         "duration_ns": _arrow.int64(durations),
         "status": status,
@@ -89,8 +97,8 @@ def _common_columns(
 
 
 def _encode_minimal(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
-    instruments, starts, durations, errors = _columns(batch, 4)
-    columns = _common_columns(_instruments(instruments), starts, durations, errors, offset)
+    keys, starts, durations, errors = _columns(batch, 4)
+    columns = _common_columns(keys, starts, durations, errors, offset)
     n = len(batch)
     columns["level"] = _arrow.constant("minimal", n)
     columns["run_id"] = _arrow.constant(run.run_id, n)
@@ -102,8 +110,7 @@ def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.
         _columns(batch, 11)
     )
     n = len(batch)
-    instruments = _instruments(keys)
-    columns = _common_columns(instruments, starts, durations, errors, offset)
+    columns = _common_columns(keys, starts, durations, errors, offset)
     columns["run_id"] = _arrow.constant(run.run_id, n)
     columns["span_id"] = _arrow.int64(spans)
     columns["trace_id"] = _arrow.int64(traces)
@@ -112,9 +119,7 @@ def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.
     columns["caller"] = _arrow.by_identity(
         callers, lambda code: None if code is None else _capture.code_name(code))
     if attrs.count(None) < n or any(i.attrs for i in _instruments(list(set(keys)))):
-        columns["attrs"] = _arrow.strings(
-            [_attrs_json(i.attrs, a) for i, a in zip(instruments, attrs, strict=True)]
-        )
+        columns["attrs"] = _arrow.strings(_attrs_column(_instruments(keys), attrs))
     if extras.count(None) == n:
         columns["level"] = _arrow.constant("standard", n)
     else:
@@ -141,6 +146,27 @@ def _columns(batch: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[event[i] for event in batch] for i in range(width)]
 
 
+def _instrument_columns(keys: Sequence[Any]) -> dict[str, pa.Array]:
+    """The name and kind columns from the buffered instrument keys.
+
+    Keys are indices into ``INSTRUMENTS``, so the registry itself is the
+    dictionary; ``with`` blocks buffer their Instrument object instead.
+    """
+    import numpy as np
+
+    from lapse._instrument import INSTRUMENTS
+
+    try:
+        codes = np.fromiter(keys, dtype=np.int64, count=len(keys))
+    except TypeError:  # some keys are Instrument objects
+        instruments = _instruments(keys)
+        return {"name": _arrow.by_identity(instruments, lambda i: i.name),
+                "kind": _arrow.by_identity(instruments, lambda i: i.kind)}
+    registry = INSTRUMENTS[: int(codes.max()) + 1] if len(codes) else []
+    return {"name": _arrow.by_code(codes, [i.name for i in registry]),
+            "kind": _arrow.by_code(codes, [i.kind for i in registry])}
+
+
 def _instruments(keys: Sequence[Any]) -> list[Any]:
     from lapse._instrument import INSTRUMENTS
 
@@ -164,12 +190,32 @@ def _error_name(error: type[BaseException]) -> str:
     return error.__qualname__ if module == "builtins" else f"{module}.{error.__qualname__}"
 
 
+def _attrs_column(
+    instruments: Sequence[Any], attrs: Sequence[dict[str, Any] | None]
+) -> list[str | None]:
+    """The attrs column: a function's static attributes are encoded once per flush."""
+    static_json: dict[int, str | None] = {}
+    column: list[str | None] = []
+    for instrument, dynamic in zip(instruments, attrs, strict=True):
+        if dynamic:
+            column.append(_attrs_json(instrument.attrs, dynamic))
+            continue
+        key = id(instrument)
+        if key not in static_json:
+            static_json[key] = _attrs_json(instrument.attrs, None)
+        column.append(static_json[key])
+    return column
+
+
+_ENCODE_JSON = json.JSONEncoder(default=str, allow_nan=True).encode
+
+
 def _attrs_json(static: dict[str, Any] | None, dynamic: dict[str, Any] | None) -> str | None:
     if not static and not dynamic:
         return None
     merged = {**static, **dynamic} if static and dynamic else (static or dynamic)
     assert merged is not None
-    return json.dumps(_capture.clean_attrs(merged), default=str, allow_nan=True)
+    return _ENCODE_JSON(_capture.clean_attrs(merged))
 
 
 def _format_stack(frames: Sequence[Any]) -> list[str]:
@@ -186,13 +232,28 @@ def _user(raw: object, key: str | None, default: str | None) -> str | None:
 
 def write_segment(run: Run, table: pa.Table, sequence: int) -> None:
     """Write one immutable segment ``events/<run_id>-<sequence>.parquet`` atomically."""
-    import pyarrow.parquet as pq
-
     root = run.settings.dir
     _layout.ensure_dirs(root)
     target = _layout.events_dir(root) / f"{run.run_id}-{sequence:06d}{_layout.SEGMENT_SUFFIX}"
-    _layout.write_atomically(target, lambda f: pq.write_table(
-        table, f, compression=COMPRESSION, write_statistics=STATISTICS))
+    _layout.write_atomically(target, lambda f: write_events(f, table))
+
+
+def write_events(file: Any, table: pa.Table) -> None:
+    """Write an event table as Parquet the way every segment is written (also compaction).
+
+    Dictionary encoding only for text, deltas for the increasing integers, statistics only
+    where readers prune, zstd.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = table.schema.names
+    pq.write_table(
+        table, file, compression=COMPRESSION,
+        write_statistics=[c for c in STATISTICS if c in names],
+        use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)],
+        column_encoding={c: "DELTA_BINARY_PACKED" for c in DELTA_COLUMNS if c in names},
+    )
 
 
 def write_run(run: Run, dropped: dict[str, int]) -> None:
@@ -202,7 +263,7 @@ def write_run(run: Run, dropped: dict[str, int]) -> None:
 
     row: dict[str, Any] = {
         "run_id": run.run_id,
-        "kind": "process",
+        "kind": run.kind,
         "pid": run.pid,
         "level": _level_name(run.settings.level),
         "started_ns": run.started_ns,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lapse._errors import ConfigError
+from lapse._errors import ConfigError, TargetError
 from lapse.stress.plan import (
     DEFAULT_CONNECTIONS,
     DEFAULT_DURATION_NS,
@@ -36,7 +36,6 @@ from lapse.stress.plan import (
     MAX_WORKERS,
     Plan,
     Step,
-    TargetError,
     callable_target,
     http_target,
 )

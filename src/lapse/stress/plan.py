@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from lapse._errors import ConfigError, LapseError
+from lapse._errors import ConfigError, TargetError
 
 HTTP, CALLABLE = "http", "callable"
 OPEN, CLOSED = "open", "closed"
@@ -24,10 +24,6 @@ DEFAULT_REQUESTS = 1_000_000
 DEFAULT_CONNECTIONS = 64
 DEFAULT_TIMEOUT_NS = 10_000_000_000
 MAX_WORKERS = 64
-
-
-class TargetError(LapseError):
-    """The target cannot be used: unreachable, not importable, or not allowed."""
 
 
 @dataclass(frozen=True)

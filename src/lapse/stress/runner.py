@@ -32,8 +32,9 @@ from time import perf_counter_ns
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from lapse._errors import TargetError
 from lapse.stress import worker as worker_module
-from lapse.stress.plan import Plan, Step, TargetError, probe
+from lapse.stress.plan import Plan, Step, probe
 from lapse.stress.worker import FIELDS
 
 if TYPE_CHECKING:
