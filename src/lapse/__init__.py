@@ -103,16 +103,18 @@ def report(
     service: "str | None" = None,
     version: "str | None" = None,
     where: "str | _Sequence[str]" = (),
+    engine: str = "duckdb",
 ) -> "Report":
     """Per event (and ``by`` group): calls, errors, throughput, five-number summary, percentiles.
 
     Returns a Report: a table in Jupyter and terminals, ``.to_pandas()``,
     ``.to_arrow()``, ``.to_json()``, ``.to_html()`` (see ``lapse.reporting.report``).
+    ``engine="spark"`` runs it on Spark (the ``spark`` extra) over the same segments.
     """
     from lapse.reporting import report as _report
 
     return _report(dir, by=by, since=since, until=until, name=name, run=run, service=service,
-                   version=version, where=where)
+                   version=version, where=where, engine=engine)
 
 
 def fivenum(values: "_Iterable[float]") -> tuple[float, float, float, float, float]:

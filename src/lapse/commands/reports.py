@@ -19,16 +19,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     since, until = args.since, args.until
     if args.between:
         since, until = between(args.between)
-    if args.engine != "duckdb":
-        result = engine_report(args, since, until)
-    else:
-        with progress_bar("scanning events") as bar:
-            task = bar.add_task("scanning events", total=1.0)
-            result = report(
-                store(args), by=args.by, since=since, until=until, name=args.name,
-                run=args.run, service=args.service, version=args.version, where=args.where,
-                progress=lambda done: bar.update(task, completed=done),
-            )
+    # Spark reads the store where --dir says, URIs included (s3a://, abfss://, file://).
+    location = store(args) if args.engine == "duckdb" else (args.dir or store(args))
+    with progress_bar("scanning events") as bar:
+        task = bar.add_task("scanning events", total=1.0)
+        result = report(
+            location, by=args.by, since=since, until=until, name=args.name,
+            run=args.run, service=args.service, version=args.version, where=args.where,
+            progress=lambda done: bar.update(task, completed=done), engine=args.engine,
+        )
     if args.format == "table":
         text = None
     elif args.format == "html":
@@ -43,18 +42,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
-
-
-def engine_report(args: argparse.Namespace, since: Any, until: Any) -> Any:
-    """The report computed on another engine (``--engine spark``) over the same segments."""
-    from lapse.analysis.selection import Selection
-    from lapse.analysis.summary import summary
-    from lapse.reporting import Report
-
-    selection = Selection(since=since, until=until, name=args.name, run=args.run,
-                          service=args.service, version=args.version, where=tuple(args.where),
-                          by=tuple(args.by))
-    return Report(summary(selection, args.dir or store(args), engine=args.engine))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

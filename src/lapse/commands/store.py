@@ -100,33 +100,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from lapse.store import _read
 
     root = store(args)
-    table = _read.query(
-        """
-        SELECT r.run_id, r.service, r.version, r.environment, r.host, r.pid, r.level,
-               r.git_commit, r.started_ns,
-               r.ended_ns, r.updated_ns, r.dropped, coalesce(e.events, 0) AS events,
-               coalesce(e.errors, 0) AS errors
-        FROM runs r LEFT JOIN (
-            SELECT run_id, count(*) AS events, count(*) FILTER (status = 'error') AS errors
-            FROM events_raw GROUP BY run_id) e USING (run_id)
-        ORDER BY r.started_ns DESC
-        """,
-        (), root,
-    )
-    rows = table.to_pylist()
+    rows = _read.runs(root)
     if args.format == "json":
         import json
 
         print(json.dumps(rows, indent=2))
         return 0
     out = Table(title=f"{len(rows)} runs in {root}", title_justify="left")
-    for column in ("run", "service", "version", "level", "state", "events", "errors", "dropped"):
+    for column in ("run", "kind", "service", "version", "level", "state", "events", "errors",
+                   "dropped"):
         out.add_column(column, justify="right" if column in ("events", "errors", "dropped")
                        else "left", no_wrap=column == "run")
     for row in rows:
         dropped = f"[red]{row['dropped']:,}[/]" if row["dropped"] else "0"
-        out.add_row(row["run_id"], row["service"], row["version"] or "—", row["level"],
-                    run_state(row), f"{row['events']:,}", f"{row['errors']:,}", dropped)
+        out.add_row(row["run_id"], row["kind"] or "process", row["service"],
+                    row["version"] or "—", row["level"], run_state(row),
+                    f"{row['events']:,}", f"{row['errors']:,}", dropped)
     console().print(out)
     return 0
 

@@ -24,18 +24,6 @@ from lapse.store import _layout, _read
 
 router = APIRouter(prefix="/api", tags=["api"])
 
-_RUNS_SQL = """
-    SELECT r.run_id, r.kind, r.service, r.version, r.environment, r.host, r.pid, r.program,
-           r.python, r.lapse_version, r.git_commit, r.level, r.started_ns, r.updated_ns,
-           r.ended_ns, r.dropped, coalesce(e.events, 0) AS events,
-           coalesce(e.errors, 0) AS errors
-    FROM runs r LEFT JOIN (
-        SELECT run_id, count(*) AS events, count(*) FILTER (status = 'error') AS errors
-        FROM events_raw GROUP BY run_id) e USING (run_id)
-    ORDER BY r.started_ns DESC
-"""
-
-
 def store_dir(request: Request) -> Path:
     """The store this app serves."""
     store: Path = request.app.state.store
@@ -157,7 +145,7 @@ def get_trace(
             "start and end, events, errors and events dropped.")
 def get_runs(store: Store) -> list[dict[str, Any]]:
     """The runs of the store."""
-    return _read.query(_RUNS_SQL, (), store).to_pylist()  # type: ignore[no-any-return]
+    return _read.runs(store)
 
 
 @router.get("/attributes", response_model=models.Attributes, summary="Attribute keys",

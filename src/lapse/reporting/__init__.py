@@ -177,18 +177,20 @@ def report(
     version: str | None = None,
     where: str | Sequence[str] = (),
     progress: Progress | None = None,
+    engine: str = "duckdb",
 ) -> Report:
     """Summarise events per name (and ``by`` groups): counts, errors, throughput, fivenum, pXX.
 
     ``by`` takes columns (``version``, ``host``…) or attributes (``attrs.model``);
     ``where`` takes conditions such as ``"attrs.rows>=1000"`` or ``"status=error"``.
+    ``engine="spark"`` computes the same report on Spark over the same segments.
     """
     selection = Selection(
         since=since, until=until, name=name, run=run, service=service, version=version,
         where=[where] if isinstance(where, str) else tuple(where),
         by=[by] if isinstance(by, str) else tuple(by),
     )
-    return Report(summary(selection, dir, progress=progress))
+    return Report(summary(selection, dir, progress=progress, engine=engine))
 
 
 __all__ = ["FORMATS", "JSON_SCHEMA", "SUMMARY_FIELDS", "Report", "report"]

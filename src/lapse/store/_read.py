@@ -343,3 +343,21 @@ def parse_time_ns(value: object, setting: str, now_ns: int | None = None) -> int
         f"{setting}: {value!r} is not a time; expected a duration ago such as 1h or 30m, "
         "an ISO time such as 2026-12-03T10:00, a datetime, or epoch nanoseconds."
     )
+
+
+RUNS_SQL = """
+    SELECT r.run_id, r.kind, r.service, r.version, r.environment, r.host, r.pid, r.program,
+           r.python, r.lapse_version, r.git_commit, r.level, r.started_ns, r.updated_ns,
+           r.ended_ns, r.dropped, coalesce(e.events, 0) AS events,
+           coalesce(e.errors, 0) AS errors
+    FROM runs r LEFT JOIN (
+        SELECT run_id, count(*) AS events, count(*) FILTER (status = 'error') AS errors
+        FROM events_raw GROUP BY run_id) e USING (run_id)
+    ORDER BY r.started_ns DESC
+"""
+
+
+def runs(dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:  # noqa: A002
+    """Every run in the store, newest first, with its event and error counts
+    (what ``lapse runs`` and the dashboard's runs page list)."""
+    return query(RUNS_SQL, (), dir).to_pylist()  # type: ignore[no-any-return]
