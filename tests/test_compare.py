@@ -95,6 +95,28 @@ def test_compare_finds_the_planted_regression(regressed_store):
     assert [e["name"] for e in document["events"] if e["verdict"] == SLOWER] == ["predict"]
 
 
+def test_compare_from_python_is_a_result_like_the_other_analyses(regressed_store):
+    """lapse.analyze.compare takes the command's selectors and gives the same verdicts as a
+    table (Arrow, pandas), an HTML rendering for Jupyter and the command's JSON document."""
+    result = lapse.analyze.compare("version=1.0", "version=1.1", regressed_store)
+    assert result.regressed
+    table = result.table
+    assert table.num_rows == 4
+    assert table.schema.field("baseline_calls").type == "int64"
+    rows = {row["name"]: row for row in table.to_pylist()}
+    assert rows["predict"]["verdict"] == SLOWER
+    assert rows["predict"]["ratio"] == pytest.approx(1.2, abs=0.05)
+    frame = result.to_pandas()
+    assert frame.set_index("name").loc["predict", "verdict"] == SLOWER
+    html = result._repr_html_()
+    assert "<table>" in html and "predict" in html and "Brunner-Munzel" in html
+    cli = lapse_cli("compare", "--baseline", "version=1.0", "--candidate", "version=1.1",
+                    "--format", "json", store=regressed_store)
+    assert json.loads(cli.stdout) == json.loads(json.dumps(result.to_dict()))
+    with pytest.raises(lapse.ConfigError, match="selects nothing"):
+        lapse.analyze.compare("", "version=1.1", regressed_store)
+
+
 def test_same_release_passes_the_gate(regressed_store):
     """Two runs of the same release: nothing is flagged and the exit status is 0."""
     runs = lapse.sql("select run_id from runs where version = '1.0' order by run_id",

@@ -6,8 +6,9 @@ loaded and scored in batches of varying size by worker processes started with
 ``spawn``, all at standard level. Meanwhile the same model is served as a
 FastAPI endpoint under uvicorn with lapse's ASGI middleware, and the demo sends
 it requests: each is a ``POST /predict`` event with the scoring nested inside.
-Then the demo shows what ``lapse runs``, ``lapse tail`` and ``lapse report``
-show, and writes the HTML report.
+Then ``lapse stress`` ramps an open-loop load on the endpoint to find the
+highest rate that meets a p99 objective, and the demo shows what ``lapse
+runs``, ``lapse tail`` and ``lapse report`` show, and writes the HTML report.
 """
 
 from __future__ import annotations
@@ -145,7 +146,26 @@ def call_model(process: subprocess.Popen[bytes], url: str, requests: int) -> int
     return positives
 
 
-def run(store: Path, *, workers: int = 4, batches: int = 50, requests: int = 20) -> int:
+def stress_model(store: Path, url: str, folder: Path, ramp: str) -> int:
+    """``lapse stress`` on the endpoint: open-loop steps of rising rate, 8 rows per request.
+
+    Run as its own process, as a user would, so the stress run is a run of its own.
+    """
+    from sklearn.datasets import load_breast_cancer
+
+    features, _ = load_breast_cancer(return_X_y=True)
+    body = folder / "request.json"
+    body.write_text(json.dumps({"rows": features[:8].tolist()}))
+    return subprocess.call([
+        sys.executable, "-m", "lapse", "stress", f"{url}/predict", "--dir", str(store),
+        "--method", "POST", "--header", "Content-Type: application/json", "--body", str(body),
+        "--ramp", ramp, "--duration", "2s", "--slo", "p99<50ms", "--workers", "1",
+        "--name", "client POST /predict",
+    ])
+
+
+def run(store: Path, *, workers: int = 4, batches: int = 50, requests: int = 20,
+        ramp: str = "50:200:50") -> int:
     """Run the demo against ``store``; returns the exit status."""
     from rich.console import Console
 
@@ -172,6 +192,9 @@ def run(store: Path, *, workers: int = 4, batches: int = 50, requests: int = 20)
                 console.print(f"sent {requests} requests to the model endpoint {url}/predict "
                               f"(FastAPI + lapse.integrations.asgi.LapseMiddleware under "
                               f"uvicorn; {served} positive predictions)")
+                if ramp:
+                    console.rule(f"lapse stress {url}/predict --ramp {ramp} --slo 'p99<50ms'")
+                    stress_model(store, url, Path(folder), ramp)
         finally:
             if server is not None:
                 server.terminate()  # the middleware writes the endpoint's events at shutdown

@@ -4,6 +4,7 @@
 
     import lapse
 
+    lapse.analyze.compare("version=1.2", "version=1.3")     # is the release slower?
     lapse.analyze.changes(since="1d")                       # change points, ranked
     model = lapse.analyze.drivers("predict")                # what drives its duration
     model.predict(rows=50_000)                              # estimate with an interval
@@ -27,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lapse.analysis.capacity import Capacity
     from lapse.analysis.changes import Changes
+    from lapse.analysis.compare import Comparison
     from lapse.analysis.drivers import Drivers, Prediction
     from lapse.analysis.outliers import Outliers
     from lapse.analysis.selection import Selection
     from lapse.analysis.slo import Slo
     from lapse.analysis.slowcalls import SlowCalls
 
-__all__ = ["capacity", "changes", "drivers", "outliers", "predict_latency", "slow"]
+__all__ = ["capacity", "changes", "compare", "drivers", "outliers", "predict_latency", "slow"]
 
 Folder = str | os.PathLike[str] | None
 _MODELS: dict[tuple[Any, ...], Drivers] = {}
@@ -143,6 +145,33 @@ def slow(
                                  version=version, where=where), dir,
                       event=event, slo=slo, depth=depth, exemplars=exemplars,
                       max_calls=max_calls)
+
+
+def compare(
+    baseline: str,
+    candidate: str,
+    dir: Folder = None,  # noqa: A002 - matches lapse.report(dir)
+    *,
+    candidate_dir: Folder = None,
+    threshold: float = 0.05,
+    alpha: float = 0.05,
+    correction: str = "holm",
+    min_calls: int = 20,
+    engine: str = "duckdb",
+) -> Comparison:
+    """``lapse compare`` from Python: per event, is ``candidate`` slower than ``baseline``?
+
+    Selectors as on the command line: ``"version=1.3"``, ``"run_id=RUN"``, ``"2h..1h"``,
+    several joined by commas. ``candidate_dir`` compares with another store. The result's
+    ``regressed`` is what makes the command exit 1 (see ``lapse.analysis.compare``).
+    """
+    from lapse.analysis.compare import compare as run_compare
+    from lapse.analysis.compare import parse_selector
+
+    return run_compare(parse_selector(baseline), parse_selector(candidate), baseline_dir=dir,
+                       candidate_dir=candidate_dir, threshold=threshold, alpha=alpha,
+                       correction=correction, min_calls=min_calls,
+                       labels=(baseline, candidate), engine=engine)
 
 
 def outliers(

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from lapse._errors import ConfigError
+from lapse.analysis.result import AnalysisResult
 from lapse.analysis.selection import Selection
 from lapse.store import _read
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+    import pyarrow as pa
 
 SLOWER, FASTER, UNCHANGED, NOT_ENOUGH = "slower", "faster", "unchanged", "not enough data"
 CORRECTIONS = ("holm", "bh", "none")
@@ -54,9 +56,17 @@ class EventComparison:
     p_adjusted: float | None
 
 
+_COLUMN_TYPES = {"name": "string", "verdict": "string", "baseline_calls": "int64",
+                 "candidate_calls": "int64"}
+"""Arrow types of the comparison table's columns; the others are float64."""
+
+
 @dataclass
-class Comparison:
-    """Every event's comparison, and what was compared with what."""
+class Comparison(AnalysisResult):
+    """Every event's comparison, and what was compared with what (``.table``: one row per
+    event; shows as a table in Jupyter and terminals)."""
+
+    schema = "lapse.compare/1"
 
     events: list[EventComparison]
     baseline: str
@@ -71,12 +81,22 @@ class Comparison:
         """Whether any event is significantly slower beyond the threshold (a CI gate fails)."""
         return any(e.verdict == SLOWER for e in self.events)
 
+    @property
+    def table(self) -> pa.Table:
+        """One row per event: verdict, medians (seconds), ratio, interval, p-values, calls."""
+        import pyarrow as pa
+
+        rows = [asdict(e) for e in self.events]
+        return pa.table({
+            f.name: pa.array([row[f.name] for row in rows],
+                             type=pa.type_for_alias(_COLUMN_TYPES.get(f.name, "float64")))
+            for f in fields(EventComparison)
+        })
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``lapse compare --format json``."""
-        from dataclasses import asdict
-
         return {
-            "schema": "lapse.compare/1", "baseline": self.baseline, "candidate": self.candidate,
+            "schema": self.schema, "baseline": self.baseline, "candidate": self.candidate,
             "threshold": self.threshold, "alpha": self.alpha, "correction": self.correction,
             "regressed": self.regressed, "notes": self.notes,
             "events": [asdict(e) for e in self.events],

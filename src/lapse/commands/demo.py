@@ -9,11 +9,11 @@ from lapse.commands._common import store
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a model, score it in batches from worker processes, then show tail and runs."""
+    """Train a model, score it from worker processes and an endpoint, stress it, report."""
     from lapse import _demo
 
     return _demo.run(store(args), workers=args.workers, batches=args.batches,
-                     requests=args.requests)
+                     requests=args.requests, ramp=args.ramp)
 
 
 def add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -25,6 +25,9 @@ def add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
     demo.add_argument("--requests", type=int, default=20,
                       help="requests sent to the demo's FastAPI model endpoint (default: 20; "
                       "0 skips the endpoint)")
+    demo.add_argument("--ramp", default="50:200:50", metavar="START:STOP:STEP",
+                      help="the stress test's open-loop rates in requests/s, 2 s per step "
+                      "(default: 50:200:50; '' skips it)")
     demo.set_defaults(handler=cmd_demo)
 
 

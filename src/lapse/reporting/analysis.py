@@ -18,6 +18,7 @@ from lapse.reporting import human_seconds
 if TYPE_CHECKING:
     from lapse.analysis.capacity import Capacity
     from lapse.analysis.changes import Change, Changes
+    from lapse.analysis.compare import Comparison
     from lapse.analysis.drivers import Drivers, Prediction
     from lapse.analysis.outliers import Outliers
     from lapse.analysis.result import AnalysisResult
@@ -222,17 +223,27 @@ def _capacity(result: Capacity) -> list[Block]:
     return [*blocks, *_closing(result, result.notes)]
 
 
+def _comparison(result: Comparison) -> list[Block]:
+    from lapse.reporting.compare import cells
+
+    header, rows = cells(result)
+    return [f"# {result.candidate} against {result.baseline}",
+            Table("per event", header, rows, set(range(2, len(header)))),
+            *_closing(result, result.notes)]
+
+
 def blocks_of(result: AnalysisResult) -> list[Block]:
     """The document of any analysis result."""
     from lapse.analysis.capacity import Capacity
     from lapse.analysis.changes import Changes
+    from lapse.analysis.compare import Comparison
     from lapse.analysis.drivers import Drivers
     from lapse.analysis.outliers import Outliers
     from lapse.analysis.slowcalls import SlowCalls
 
     builders: list[tuple[type, Any]] = [(Changes, _changes), (Drivers, _drivers),
                                         (SlowCalls, _slow), (Outliers, _outliers),
-                                        (Capacity, _capacity)]
+                                        (Capacity, _capacity), (Comparison, _comparison)]
     for kind, build in builders:
         if isinstance(result, kind):
             built: list[Block] = build(result)

@@ -8,7 +8,8 @@ from typing import Any
 from lapse.analysis.compare import FASTER, SLOWER, Comparison
 
 
-def _cells(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+def cells(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """The comparison table as text cells: its header and one row per event."""
     from lapse.reporting import human_seconds
 
     header = ["event", "verdict", "baseline median", "candidate median", "ratio",
@@ -30,7 +31,7 @@ def render_comparison(comparison: Comparison, fmt: str) -> Any:
     """``table`` gives a Rich renderable; ``markdown`` and ``json`` give text."""
     if fmt == "json":
         return json.dumps(comparison.to_dict(), indent=2) + "\n"
-    header, rows = _cells(comparison)
+    header, rows = cells(comparison)
     summary = comparison.explain() + "".join(f" Note: {n}." for n in comparison.notes)
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
