@@ -350,3 +350,23 @@ def test_store_folders_and_files_are_owner_only(store, monkeypatch):
     for path in paths:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), f"{path}: {oct(mode)}"
+
+
+def test_compaction_removes_temporary_files_left_by_killed_writers(store):
+    """A `.tmp` file over an hour old was left by a process killed mid-write: compaction
+    removes it. A fresh one may belong to a writer at work and is kept."""
+    lapse.configure(flush_interval="1h")
+    workers.record(10)
+    lapse.flush()
+    events = store / "events"
+    stale = events / ".20260101T000000-1-abcdef-000001.parquet.0123abcd.tmp"
+    fresh = events / ".20260101T000000-2-abcdef-000001.parquet.4567cdef.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half a segment")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    result = compact(store)
+    assert result.temporaries_removed == 1
+    assert not stale.exists()
+    assert fresh.exists()
+    assert stored_rows(store) and sum(stored_rows(store).values()) == 10

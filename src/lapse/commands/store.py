@@ -157,6 +157,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
         f"({result.merged} merged, {result.expired} expired with "
         f"{result.expired_events:,} events); {result.events:,} events kept in {root}"
     )
+    if result.temporaries_removed:
+        out.print(f"removed {result.temporaries_removed} temporary files left by killed writers")
     for path in result.skipped:
         out.print(f"[yellow]skipped unreadable segment {path}[/]")
     return 0

@@ -167,6 +167,20 @@ def run_files(root: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+STALE_TEMPORARY_S = 3600
+"""A temporary file this old was left by a process killed mid-write: no writer needs it."""
+
+
+def stale_temporaries(root: Path, older_than_s: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Temporary files of ``write_atomically`` left behind by killed processes."""
+    cutoff = time.time() - older_than_s
+    found = []
+    for folder in (events_dir(root), runs_dir(root)):
+        if folder.is_dir():
+            found += [p for p in folder.glob(".*.tmp") if p.stat().st_mtime < cutoff]
+    return sorted(found)
+
+
 def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write ``target`` through ``write(file)`` so readers never see a partial file.
 

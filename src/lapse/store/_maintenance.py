@@ -48,6 +48,8 @@ class CompactResult:
     expired: int = 0
     expired_events: int = 0
     skipped: list[str] = field(default_factory=list)
+    temporaries_removed: int = 0
+    """Temporary files left by processes killed mid-write (over an hour old)."""
 
 
 def _require_store(root: Path) -> None:
@@ -115,6 +117,9 @@ def _compact(
 
     recover(root)
     result = CompactResult()
+    for stale in _layout.stale_temporaries(root):
+        stale.unlink(missing_ok=True)
+        result.temporaries_removed += 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StoreWarning)
         all_files = _layout.segment_files(root)
