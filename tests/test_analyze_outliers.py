@@ -106,3 +106,24 @@ def test_cli_and_bad_input(store, tmp_path):
     run = lapse_cli("analyze", "outliers", "--event", "nope", store=store)
     assert run.returncode == 2
     assert "Events there" in run.stderr
+
+
+def test_an_analysis_writes_a_whole_html_page(store, tmp_path):
+    """`-o FILE.html` writes a page with the analysis's tables and its explanation."""
+    page = tmp_path / "outliers.html"
+    run = lapse_cli("analyze", "outliers", "--name", "predict", "-o", str(page), store=store)
+    assert run.returncode == 0, run.stderr
+    text = page.read_text()
+    assert text.startswith("<!doctype html>")
+    assert "<table>" in text
+    assert "Tukey" in text
+
+
+def test_the_html_report_shows_change_points_and_outliers(store, tmp_path):
+    """`lapse report --format html` ends with the analyses that need no parameters."""
+    page = tmp_path / "report.html"
+    run = lapse_cli("report", "--format", "html", "-o", str(page), store=store)
+    assert run.returncode == 0, run.stderr
+    text = page.read_text()
+    assert "<section class='analysis'><h2>Change points</h2>" in text
+    assert "<section class='analysis'><h2>Outliers</h2><div class='lapse-analysis'>" in text

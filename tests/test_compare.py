@@ -148,3 +148,16 @@ def test_bad_selector_explains_itself(regressed_store):
     result = lapse_cli("compare", "--baseline", "versoin=1.0", store=regressed_store)
     assert result.returncode == 2
     assert "not a column" in result.stderr
+
+
+def test_compare_writes_an_html_page_and_keeps_the_exit_code(regressed_store, tmp_path):
+    """`--format html -o FILE` writes a whole page with the verdict table; the command
+    still exits 1 on a regression, so it can gate CI and leave the page as an artifact."""
+    page = tmp_path / "compare.html"
+    cli = lapse_cli("compare", "--baseline", "version=1.0", "--candidate", "version=1.1",
+                    "--format", "html", "-o", str(page), store=regressed_store)
+    assert cli.returncode == 1, cli.stderr
+    text = page.read_text()
+    assert text.startswith("<!doctype html>")
+    assert "version=1.1 against version=1.0" in text
+    assert "<td style='text-align:left'>slower</td>" in text

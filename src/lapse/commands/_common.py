@@ -60,6 +60,16 @@ def progress_bar(description: str) -> Any:
                     disable=not sys.stderr.isatty(), console=stderr_console())
 
 
+def working(description: str) -> Any:
+    """A spinner on stderr while a long computation runs (nothing when stderr is not a
+    terminal), so a minute of model fitting does not look like a hang."""
+    import contextlib
+
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    return stderr_console().status(f"{description}…")
+
+
 def stderr_console() -> Console:
     """A console for messages about the work, on stderr."""
     from rich.console import Console

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from lapse.commands._common import console, store
+from lapse.commands._common import console, stderr_console, store, working
 
 if TYPE_CHECKING:
     from lapse.analysis.result import AnalysisResult
@@ -25,33 +25,58 @@ def _selection(args: argparse.Namespace) -> Selection:
     return selection
 
 
-def _show(result: AnalysisResult, fmt: str, extra: dict[str, Any] | None = None,
-          after: str | None = None) -> int:
+def _show(result: AnalysisResult, args: argparse.Namespace,
+          extra: dict[str, Any] | None = None, after: str | None = None) -> int:
+    """Print the result in ``--format``, or write it to ``--output``."""
+    fmt = args.format
+    if args.output:
+        from pathlib import Path
+
+        if fmt == "table":
+            fmt = "html" if args.output.endswith((".html", ".htm")) else "markdown"
+        text = _text(result, fmt, extra, after)
+        Path(args.output).write_text(text)
+        stderr_console().print(f"wrote {args.output}")
+        return 0
     if fmt == "table":
         console().print(result)
         if after:
             console().print(after)
         return 0
+    sys.stdout.write(_text(result, fmt, extra, after))
+    return 0
+
+
+def _text(result: AnalysisResult, fmt: str, extra: dict[str, Any] | None,
+          after: str | None) -> str:
+    """The result as JSON, Markdown, or a whole HTML page (``--format html``)."""
     if fmt == "json":
         import json
 
         from lapse.analysis.result import _clean
 
         document = {**result.to_dict(), **(extra or {})}
-        sys.stdout.write(json.dumps(_clean(document), indent=2) + "\n")
-        return 0
-    sys.stdout.write(result.render(fmt) + (f"\n{after}\n" if after else ""))
-    return 0
+        return json.dumps(_clean(document), indent=2) + "\n"
+    if fmt == "html":
+        from html import escape
+
+        from lapse.reporting.html import page
+
+        note = f"<p>{escape(after)}</p>" if after else ""
+        return page(f"lapse analyze {result.__class__.__name__.lower()}",
+                    result.render("html") + note)
+    return result.render(fmt) + (f"\n{after}\n" if after else "")
 
 
 def cmd_changes(args: argparse.Namespace) -> int:
     """Change points in each event's latency, throughput and error rate, ranked."""
     from lapse.analysis.changes import METRICS, changes
 
-    result = changes(_selection(args), store(args), event=args.event,
-                     metrics=tuple(args.metric or METRICS), buckets=args.buckets,
-                     alpha=args.alpha, threshold=args.threshold)
-    return _show(result, args.format)
+    with working("looking for change points"):
+        result = changes(_selection(args), store(args), event=args.event,
+                         metrics=tuple(args.metric or METRICS), buckets=args.buckets,
+                         alpha=args.alpha, threshold=args.threshold)
+    return _show(result, args)
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
@@ -59,12 +84,13 @@ def cmd_drivers(args: argparse.Namespace) -> int:
     from lapse.analysis.drivers import drivers, parse_inputs
 
     inputs = parse_inputs(args.predict) if args.predict else None
-    result = drivers(_selection(args), store(args), event=args.event, level=args.level,
-                     max_calls=args.max_calls)
+    with working("fitting a model of the duration"):
+        result = drivers(_selection(args), store(args), event=args.event, level=args.level,
+                         max_calls=args.max_calls)
     if inputs is None:
-        return _show(result, args.format)
+        return _show(result, args)
     prediction = result.predict(inputs)
-    return _show(result, args.format, {"prediction": prediction.to_dict()},
+    return _show(result, args, {"prediction": prediction.to_dict()},
                  f"Prediction: {prediction.explain()}")
 
 
@@ -72,18 +98,20 @@ def cmd_slow(args: argparse.Namespace) -> int:
     """Rules that pick out the calls slower than an SLO, with held-out precision and recall."""
     from lapse.analysis.slowcalls import slow_calls
 
-    result = slow_calls(_selection(args), store(args), event=args.event, slo=args.slo,
-                        depth=args.depth, exemplars=args.exemplars, max_calls=args.max_calls)
-    return _show(result, args.format)
+    with working("learning the rules of slow calls"):
+        result = slow_calls(_selection(args), store(args), event=args.event, slo=args.slo,
+                            depth=args.depth, exemplars=args.exemplars, max_calls=args.max_calls)
+    return _show(result, args)
 
 
 def cmd_outliers(args: argparse.Namespace) -> int:
     """Calls outside Tukey's fences, per event, with their attributes."""
     from lapse.analysis.outliers import outliers
 
-    result = outliers(_selection(args), store(args), event=args.event, k=args.k, log=args.log,
-                      limit=args.limit)
-    return _show(result, args.format)
+    with working("finding outliers"):
+        result = outliers(_selection(args), store(args), event=args.event, k=args.k, log=args.log,
+                          limit=args.limit)
+    return _show(result, args)
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
@@ -103,9 +131,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             from lapse._errors import ConfigError
 
             raise ConfigError(f"workers: {args.workers!r} must list numbers of 1 or more.")
-    result = capacity(_selection(args), store(args), event=args.event, slo=args.slo,
-                      rate=args.rate, workers=workers)
-    return _show(result, args.format)
+    with working("modelling capacity"):
+        result = capacity(_selection(args), store(args), event=args.event, slo=args.slo,
+                          rate=args.rate, workers=workers)
+    return _show(result, args)
 
 
 def _selection_options() -> argparse.ArgumentParser:
@@ -122,8 +151,11 @@ def _selection_options() -> argparse.ArgumentParser:
     group.add_argument("--run", action="append", metavar="RUN_ID", help="only this run")
     group.add_argument("--service", help="only this service")
     group.add_argument("--version", help="only this release")
-    options.add_argument("--format", choices=("table", "json", "markdown"), default="table",
-                         help="output format (default: terminal tables)")
+    options.add_argument("--format", choices=("table", "json", "markdown", "html"),
+                         default="table",
+                         help="output format (default: terminal tables; html: a whole page)")
+    options.add_argument("-o", "--output", metavar="FILE",
+                         help="write the result to FILE (.html: a page, else the --format)")
     return options
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lapse.commands._common import console, progress_bar, stderr_console, store
+from lapse.commands._common import console, progress_bar, stderr_console, store, working
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -51,19 +51,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     baseline_dir = Path(args.baseline_dir) if args.baseline_dir else store(args)
     candidate_dir = Path(args.candidate_dir) if args.candidate_dir else baseline_dir
-    result = compare(
-        parse_selector(args.baseline) if args.baseline else everything(),
-        parse_selector(args.candidate) if args.candidate else everything(),
-        baseline_dir=baseline_dir, candidate_dir=candidate_dir,
-        threshold=args.threshold, alpha=args.alpha, correction=args.correction,
-        min_calls=args.min_calls,
-        labels=(args.baseline or str(baseline_dir), args.candidate or str(candidate_dir)),
-        engine=args.engine,
-    )
-    if args.format == "table":
+    baseline = parse_selector(args.baseline) if args.baseline else everything()
+    candidate = parse_selector(args.candidate) if args.candidate else everything()
+    with working("comparing"):
+        result = compare(
+            baseline, candidate, baseline_dir=baseline_dir, candidate_dir=candidate_dir,
+            threshold=args.threshold, alpha=args.alpha, correction=args.correction,
+            min_calls=args.min_calls,
+            labels=(args.baseline or str(baseline_dir), args.candidate or str(candidate_dir)),
+            engine=args.engine,
+        )
+    text = None  # the terminal table is printed by Rich
+    if args.format == "html":
+        from lapse.reporting.html import page
+
+        text = page(f"lapse compare: {result.candidate} against {result.baseline}",
+                    result.render("html"))
+    elif args.format != "table":
+        text = render_comparison(result, args.format)
+    if args.output:
+        Path(args.output).write_text(
+            text if text is not None else render_comparison(result, "markdown"))
+        stderr_console().print(f"wrote {args.output}")
+    elif text is None:
         console().print(render_comparison(result, "table"))
     else:
-        sys.stdout.write(render_comparison(result, args.format))
+        sys.stdout.write(text)
     return 1 if result.regressed else 0
 
 
@@ -136,7 +149,10 @@ def add_compare(commands: Any, common: argparse.ArgumentParser) -> None:
                          help="multiple-comparison control across events (default holm)")
     compare.add_argument("--min-calls", type=int, default=20,
                          help="calls needed on each side to judge an event (default 20)")
-    compare.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    compare.add_argument("--format", choices=("table", "json", "markdown", "html"),
+                         default="table", help="output format (default: a terminal table)")
+    compare.add_argument("-o", "--output", metavar="FILE",
+                         help="write the comparison to FILE (the --format; Markdown for table)")
     add_engine(compare)
     compare.set_defaults(handler=cmd_compare)
 

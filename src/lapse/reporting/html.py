@@ -1,4 +1,5 @@
-"""The self-contained HTML report: summary table and, per event, four Plotly charts.
+"""The self-contained HTML report: summary table, per event four Plotly charts, and the
+analyses that need no parameters (change points, outliers).
 
 plotly.js is inlined once from the plotly package (no CDN), so the file opens
 offline and can be attached to a CI run or mailed.
@@ -20,7 +21,8 @@ body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
 table { border-collapse: collapse; font-size: 0.85rem; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
-section.event { margin-top: 2.5rem; }
+section.event, section.analysis { margin-top: 2.5rem; }
+.lapse-analysis table { margin: 0.5rem 0 1rem; }
 .charts { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 1rem; }
 .note { color: #666; }
 """
@@ -62,13 +64,41 @@ def render(report: Report, title: str) -> str:
             f'<section class="event" data-event="{escape(name)}"><h2>{escape(name)}</h2>'
             f'<div class="charts">{"".join(charts)}</div></section>'
         )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>"
+    return page(title, (
         f"<p class='note'>{escape(report.footer())} Durations per call; hinges are Tukey's "
         f"(R fivenum); outliers lie beyond 1.5 × the hinge spread.</p>"
-        f"{report._repr_html_()}{''.join(sections)}</body></html>"
+        f"{report._repr_html_()}{''.join(sections)}{_analyses(report)}"
+    ))
+
+
+def page(title: str, body: str) -> str:
+    """A whole HTML document around ``body``, in the report's style."""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>"
     )
+
+
+def _analyses(report: Report) -> str:
+    """Change points and outliers of the report's selection, or why they are missing.
+
+    The other analyses need an event and an objective: ``lapse analyze ... --format html``.
+    """
+    from lapse.analysis.changes import changes
+    from lapse.analysis.outliers import outliers
+
+    summary = report.summary
+    parts = []
+    for title, analyse in (
+        ("Change points", lambda: changes(summary.selection, summary.store)),
+        ("Outliers", lambda: outliers(summary.selection, summary.store, limit=10)),
+    ):
+        try:
+            body = analyse().render("html")
+        except LapseError as error:  # not enough data, or the stats extra is missing
+            body = f"<p class='note'>{escape(str(error))}</p>"
+        parts.append(f"<section class='analysis'><h2>{title}</h2>{body}</section>")
+    return "".join(parts)
 
 
 def _figures(
