@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 import lapse
+from lapse import synthetic
 from lapse.analysis.selection import Selection
 from lapse.dashboard import check_bind, serve
 from tests.recording import lapse_cli, record
@@ -51,7 +53,13 @@ for i in range(int(sys.argv[1])):
     time.sleep(float(sys.argv[2]))
 """
 API = ("/api/summary", "/api/timeseries", "/api/histogram", "/api/slowest",
-       "/api/trace/{run_id}/{trace_id}", "/api/runs", "/api/attributes", "/api/status")
+       "/api/trace/{run_id}/{trace_id}", "/api/runs", "/api/attributes", "/api/status",
+       "/api/analyze/compare", "/api/analyze/changes", "/api/analyze/drivers",
+       "/api/analyze/slow", "/api/analyze/outliers", "/api/analyze/capacity")
+PLANTED = synthetic.Workload(events=8_000, runs=4, sigma=0.3, seed=5, rate_per_s=200,
+                             rows_effect_ms_per_1000=0.8, slowdowns={("1.1", "predict"): 1.2})
+"""Four events over releases 1.0 and 1.1, small enough to analyse in about a second: predict
+is 20% slower in 1.1, and every call's median grows by 0.8 ms per 1,000 attrs.rows."""
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -247,9 +255,10 @@ def test_pages_and_plotly_are_served_locally(server):
     """Every page is a small static file; plotly.js comes from the plotly package, no CDN."""
     import plotly
 
-    for path in ("/", "/runs", "/event/score", "/trace/some-run/1"):
+    for path in ("/", "/runs", "/analyses", "/event/score", "/trace/some-run/1"):
         page = get(f"{server}{path}")
         assert page.status_code == 200
+        assert 'href="/analyses"' in page.text, "every page links to the analyses"
         assert page.headers["content-type"].startswith("text/html")
         assert "http://" not in page.text
         assert "https://" not in page.text
@@ -297,7 +306,8 @@ def test_token_is_required_on_every_request(recorded):
     set by opening a page as /?token=..."""
     token = "s3cret-token-for-tests"
     with dashboard(recorded, "--token", token) as url:
-        for path in ("/api/summary", "/", "/runs", "/openapi.json", "/vendor/plotly.min.js"):
+        for path in ("/api/summary", "/api/analyze/compare", "/", "/runs", "/analyses",
+                     "/openapi.json", "/vendor/plotly.min.js"):
             assert get(f"{url}{path}").status_code == 401, path
         refused = get(f"{url}/api/summary")
         assert refused.headers["www-authenticate"] == "Bearer"
@@ -345,3 +355,131 @@ def test_other_addresses_need_a_token(tmp_path):
     check_bind("0.0.0.0", "a-token")
     with pytest.raises(lapse.ConfigError, match="empty token"):
         check_bind("0.0.0.0", " ")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic store with known truth (PLANTED)."""
+    store = tmp_path_factory.mktemp("analyses") / "store"
+    synthetic.write(store, PLANTED)
+    return store
+
+
+@pytest.fixture(scope="module")
+def analyses(planted: Path) -> Iterator[str]:
+    """The dashboard of the planted store."""
+    with dashboard(planted) as url:
+        yield url
+
+
+def analyse(url: str, analysis: str, **params: object) -> httpx.Response:
+    return get(f"{url}/api/analyze/{analysis}", **params)
+
+
+def test_compare_finds_the_planted_slowdown(analyses, planted):
+    """/api/analyze/compare: only predict is slower in 1.1, as lapse.analyze.compare says, with
+    the explanation and the HTML table of the result."""
+    answer = analyse(analyses, "compare", baseline="version=1.0", candidate="version=1.1")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["analysis"] == "compare"
+    verdicts = {e["name"]: e["verdict"] for e in body["result"]["events"]}
+    assert verdicts == {"predict": "slower", "preprocess": "unchanged",
+                        "load_features": "unchanged", "postprocess": "unchanged"}
+    assert body["result"]["regressed"] is True
+    expected = lapse.analyze.compare("version=1.0", "version=1.1", planted)
+    assert body["explain"] == expected.explain()
+    assert body["html"] == expected.render("html")
+    assert "<table>" in body["html"]
+    assert "Brunner-Munzel" in body["explain"]
+
+
+def test_drivers_name_the_planted_driver(analyses):
+    """/api/analyze/drivers ranks attrs.rows, the attribute latency was made to grow with, as a
+    driver; version (predict is slower in 1.1) is one too."""
+    body = analyse(analyses, "drivers", event="predict", since="all").json()
+    drivers = [d["feature"] for d in body["result"]["drivers"] if d["noticeable"]]
+    assert drivers[0] == "attrs.rows"
+    assert "version" in drivers
+    assert "attrs.rows" in body["html"]
+
+
+def test_every_analysis_answers_in_the_same_shape(analyses):
+    """changes, slow, outliers and capacity answer with their result, explanation and HTML;
+    optional parameters may be left out or empty, as the page sends them."""
+    for analysis, params in (("changes", {"since": "all"}), ("changes", {"event": ""}),
+                             ("slow", {"event": "predict", "slo": "12ms"}),
+                             ("outliers", {"event": "predict", "since": "all"}),
+                             ("outliers", {}),
+                             ("capacity", {"event": "predict", "slo": "p99<200ms"}),
+                             ("capacity", {"event": "predict", "slo": "p99<200ms",
+                                           "rate": 500})):
+        answer = analyse(analyses, analysis, **params)
+        assert answer.status_code == 200, (analysis, answer.text)
+        body = answer.json()
+        assert body["analysis"] == analysis
+        assert body["result"]["schema"].startswith("lapse.")
+        assert body["html"].startswith("<div class='lapse-analysis'>")
+        assert body["explain"]
+    capacity = analyse(analyses, "capacity", event="predict", slo="p99<200ms", rate=500).json()
+    assert capacity["result"]["target_rate"] == 500
+
+
+def test_bad_analysis_input_is_400_with_lapse_message(analyses, planted):
+    """A bad selector, event, SLO or time is HTTP 400 with lapse's own message; a missing or
+    mistyped parameter is 422; an analysis that does not exist is 404."""
+    with pytest.raises(lapse.ConfigError) as expected:
+        lapse.analyze.compare("versoin 1.0", "version=1.1", planted)
+    answer = analyse(analyses, "compare", baseline="versoin 1.0", candidate="version=1.1")
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": str(expected.value)}
+    unknown = analyse(analyses, "drivers", event="predcit")
+    assert unknown.status_code == 400
+    assert "Did you mean 'predict'?" in unknown.json()["detail"]
+    assert analyse(analyses, "slow", event="predict", slo="soon").status_code == 400
+    assert "is not a time" in analyse(analyses, "outliers", since="whenever").json()["detail"]
+    assert analyse(analyses, "slow", event="predict").status_code == 422
+    assert analyse(analyses, "capacity", event="predict", slo="p99<1s", rate=0
+                   ).status_code == 422
+    missing = analyse(analyses, "forecast")
+    assert missing.status_code == 404
+    assert "compare, changes, drivers" in missing.json()["detail"]
+
+
+def test_not_enough_data_is_400_saying_how_much(server):
+    """On a store of a few dozen calls, an analysis that needs more says how many (HTTP 400)."""
+    answer = analyse(server, "drivers", event="score")
+    assert answer.status_code == 400
+    assert "at least" in answer.json()["detail"]
+
+
+def test_the_app_answers_while_an_analysis_runs(analyses):
+    """An analysis runs in a worker thread: other requests are answered meanwhile."""
+    finished: dict[str, float] = {}
+
+    def compare() -> None:
+        analyse(analyses, "compare", baseline="version=1.0", candidate="version=1.1",
+                threshold=0.1)
+        finished["compare"] = time.monotonic()
+
+    worker = threading.Thread(target=compare)
+    worker.start()
+    time.sleep(0.05)
+    assert get(f"{analyses}/api/status").status_code == 200
+    finished["status"] = time.monotonic()
+    worker.join(timeout=60)
+    assert finished["status"] < finished["compare"]
+
+
+def test_openapi_documents_the_analyses(analyses):
+    """Each analysis is in /openapi.json with its own described parameters and error answers."""
+    paths = get(f"{analyses}/openapi.json").json()["paths"]
+    parameters = {path.rsplit("/", 1)[1]: {p["name"]: p for p in paths[path]["get"]["parameters"]}
+                  for path in paths if path.startswith("/api/analyze/")}
+    assert set(parameters) == {"compare", "changes", "drivers", "slow", "outliers", "capacity"}
+    assert {name for name, p in parameters["compare"].items() if p["required"]} == {
+        "baseline", "candidate"}
+    assert {name for name, p in parameters["capacity"].items() if p["required"]} == {
+        "event", "slo"}
+    assert all(p["description"] for each in parameters.values() for p in each.values())
+    assert "400" in paths["/api/analyze/slow"]["get"]["responses"]

@@ -58,18 +58,21 @@ def plotly_js() -> Path:
 def create_app(store: Path, token: str | None = None) -> FastAPI:
     """The dashboard of ``store`` as an ASGI app; with ``token``, every request must carry it."""
     from lapse import __version__
+    from lapse.dashboard import analyses
     from lapse.dashboard.api import router
 
     app = FastAPI(
         title="lapse dashboard", version=__version__,
         description="The numbers and charts of a lapse store: per-event summaries "
         "(five-number summary, percentiles), latency and volume over time, duration "
-        "histograms, slowest calls, traces and runs. Durations are in seconds, times in "
+        "histograms, slowest calls, traces and runs; and the analyses of `lapse analyze` "
+        "and `lapse compare` under /api/analyze/. Durations are in seconds, times in "
         "nanoseconds since the Unix epoch.",
         docs_url=None, redoc_url=None,  # their pages load scripts from a CDN
     )
     app.state.store = store
     app.include_router(router)
+    app.include_router(analyses.router)
     _add_pages(app, plotly_js())
     _add_errors(app)
     app.middleware("http")(_guard(token))
@@ -83,6 +86,7 @@ def _add_pages(app: FastAPI, plotly: Path) -> None:
         return serve_page
 
     for path, file in (("/", "overview.html"), ("/runs", "runs.html"),
+                       ("/analyses", "analyses.html"),
                        ("/event/{name:path}", "event.html"),
                        ("/trace/{run_id}/{trace_id}", "trace.html")):
         app.get(path, include_in_schema=False, response_class=FileResponse)(page(file))

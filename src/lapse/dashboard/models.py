@@ -171,3 +171,22 @@ class Status(BaseModel):
     segments: int
     runs: int
     fingerprint: str
+
+
+class AnalysisOut(BaseModel):
+    """One analysis of ``lapse analyze`` (or ``lapse compare``), in three forms."""
+
+    analysis: str = Field(description="which analysis: compare, changes, drivers, slow, "
+                          "outliers or capacity")
+    explain: str = Field(description="what was tested, on how much data, with what "
+                         "confidence, in plain words")
+    html: str = Field(description="the result as an HTML fragment (tables and paragraphs, "
+                      "every value escaped), as lapse renders it in Jupyter")
+    result: dict[str, Any] = Field(description="the JSON document of `--format json` "
+                                   "(NaN and infinity as null)")
+
+
+class Problem(BaseModel):
+    """Why a request was refused, in lapse's own words."""
+
+    detail: str

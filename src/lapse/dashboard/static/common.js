@@ -15,11 +15,17 @@ const lapse = (() => {
     const response = await fetch(`/api/${path}?${search}`, { credentials: "same-origin" });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      const error = new Error(body.detail || `${response.status} ${response.statusText}`);
+      const error = new Error(detail(body.detail) || `${response.status} ${response.statusText}`);
       error.status = response.status;
       throw error;
     }
     return body;
+  }
+
+  /** lapse's message, or FastAPI's list of invalid parameters (HTTP 422) as one line. */
+  function detail(value) {
+    if (!Array.isArray(value)) return value;
+    return value.map((d) => `${(d.loc || []).slice(-1)[0] || "input"}: ${d.msg}`).join("; ");
   }
 
   /** Seconds in the unit a person reads best: 812 ns, 3.2 µs, 45.1 ms, 1.25 s. */
@@ -118,7 +124,17 @@ const lapse = (() => {
     if (value) params.set(key, value); else params.delete(key);
     const text = params.toString();
     history.replaceState(null, "", text ? `${location.pathname}?${text}` : location.pathname);
+    keepInLinks();
   }
+
+  /** Navigation links marked data-keep="since ..." carry those page parameters along, so the
+   * time range chosen on one page is the one the next page opens with. */
+  function keepInLinks() {
+    for (const link of document.querySelectorAll("a[data-keep]")) {
+      link.href = href(link.getAttribute("href").split("?")[0], link.dataset.keep.split(" "));
+    }
+  }
+  keepInLinks();
 
   /** Call refresh() now, then again whenever the store's files change (?refresh=SECONDS). */
   async function live(refresh) {
