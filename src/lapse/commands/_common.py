@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,9 @@ from lapse._errors import LapseError
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from lapse.analysis.selection import Selection
+
 
 
 def format_duration(ns: float | None) -> str:
@@ -96,3 +100,36 @@ def add_command(
         description=options.pop("description", handler.__doc__), **options)
     parser.set_defaults(handler=handler)
     return parser
+
+
+def selection_options() -> argparse.ArgumentParser:
+    """The selection of ``lapse report``, shared as a parent parser by the analyses."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("selection")
+    group.add_argument("--since", metavar="TIME", help="from this time: 1h (ago), ISO time")
+    group.add_argument("--until", metavar="TIME", help="up to this time: 10m (ago), ISO time")
+    group.add_argument("--between", metavar="START..END", help="a time range, e.g. 2h..1h")
+    group.add_argument("--name", action="append", metavar="NAME",
+                       help="only this event (* matches anything); repeat for several")
+    group.add_argument("--where", action="append", default=[], metavar="CONDITION",
+                       help="COLUMN OP VALUE with OP in = != > >= < <= ~ (glob), e.g. "
+                       "attrs.rows>=1000 or status=error; repeat for several")
+    group.add_argument("--run", action="append", metavar="RUN_ID", help="only this run")
+    group.add_argument("--service", help="only this service")
+    group.add_argument("--version", help="only this release")
+    return options
+
+
+def selection(args: argparse.Namespace, by: Sequence[str] = ()) -> Selection:
+    """The Selection the options of ``selection_options`` describe, checked now so a bad
+    condition is reported in the user's words."""
+    from lapse.analysis.selection import Selection, between
+
+    since, until = args.since, args.until
+    if args.between:
+        since, until = between(args.between)
+    chosen = Selection(since=since, until=until, name=args.name, run=args.run,
+                       service=args.service, version=args.version, where=tuple(args.where),
+                       by=tuple(by))
+    chosen.where_sql()
+    return chosen

@@ -6,23 +6,17 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from lapse.commands._common import console, stderr_console, store, working
+from lapse.commands._common import (
+    console,
+    selection,
+    selection_options,
+    stderr_console,
+    store,
+    working,
+)
 
 if TYPE_CHECKING:
     from lapse.analysis.result import AnalysisResult
-    from lapse.analysis.selection import Selection
-
-
-def _selection(args: argparse.Namespace) -> Selection:
-    from lapse.analysis.selection import Selection, between
-
-    since, until = args.since, args.until
-    if args.between:
-        since, until = between(args.between)
-    selection = Selection(since=since, until=until, name=args.name, run=args.run,
-                          service=args.service, version=args.version, where=tuple(args.where))
-    selection.where_sql()  # check the conditions now, with the user's words
-    return selection
 
 
 def _show(result: AnalysisResult, args: argparse.Namespace,
@@ -73,7 +67,7 @@ def cmd_changes(args: argparse.Namespace) -> int:
     from lapse.analysis.changes import METRICS, changes
 
     with working("looking for change points"):
-        result = changes(_selection(args), store(args), event=args.event,
+        result = changes(selection(args), store(args), event=args.event,
                          metrics=tuple(args.metric or METRICS), buckets=args.buckets,
                          alpha=args.alpha, threshold=args.threshold)
     return _show(result, args)
@@ -85,7 +79,7 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 
     inputs = parse_inputs(args.predict) if args.predict else None
     with working("fitting a model of the duration"):
-        result = drivers(_selection(args), store(args), event=args.event, level=args.level,
+        result = drivers(selection(args), store(args), event=args.event, level=args.level,
                          max_calls=args.max_calls)
     if inputs is None:
         return _show(result, args)
@@ -99,7 +93,7 @@ def cmd_slow(args: argparse.Namespace) -> int:
     from lapse.analysis.slowcalls import slow_calls
 
     with working("learning the rules of slow calls"):
-        result = slow_calls(_selection(args), store(args), event=args.event, slo=args.slo,
+        result = slow_calls(selection(args), store(args), event=args.event, slo=args.slo,
                             depth=args.depth, exemplars=args.exemplars, max_calls=args.max_calls)
     return _show(result, args)
 
@@ -109,7 +103,7 @@ def cmd_outliers(args: argparse.Namespace) -> int:
     from lapse.analysis.outliers import outliers
 
     with working("finding outliers"):
-        result = outliers(_selection(args), store(args), event=args.event, k=args.k, log=args.log,
+        result = outliers(selection(args), store(args), event=args.event, k=args.k, log=args.log,
                           limit=args.limit)
     return _show(result, args)
 
@@ -132,25 +126,13 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"workers: {args.workers!r} must list numbers of 1 or more.")
     with working("modelling capacity"):
-        result = capacity(_selection(args), store(args), event=args.event, slo=args.slo,
+        result = capacity(selection(args), store(args), event=args.event, slo=args.slo,
                           rate=args.rate, workers=workers)
     return _show(result, args)
 
 
-def _selection_options() -> argparse.ArgumentParser:
+def _output_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
-    group = options.add_argument_group("selection (as lapse report)")
-    group.add_argument("--since", metavar="TIME", help="from this time: 1h (ago), ISO time")
-    group.add_argument("--until", metavar="TIME", help="up to this time: 10m (ago), ISO time")
-    group.add_argument("--between", metavar="START..END", help="a time range, e.g. 2h..1h")
-    group.add_argument("--name", action="append", metavar="NAME",
-                       help="only this event (* matches anything); repeat for several")
-    group.add_argument("--where", action="append", default=[], metavar="CONDITION",
-                       help="COLUMN OP VALUE with OP in = != > >= < <= ~ (glob), e.g. "
-                       "attrs.rows>=1000; repeat for several")
-    group.add_argument("--run", action="append", metavar="RUN_ID", help="only this run")
-    group.add_argument("--service", help="only this service")
-    group.add_argument("--version", help="only this release")
     options.add_argument("--format", choices=("table", "json", "markdown", "html"),
                          default="table",
                          help="output format (default: terminal tables; html: a whole page)")
@@ -168,7 +150,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "Each takes --dir PATH (default: $LAPSE_DIR, else ./.lapse) and the selection "
         "options of lapse report.")
     analyses = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
-    parents = [common, _selection_options()]
+    parents = [common, selection_options(), _output_options()]
 
     def add(name: str, handler: Any, description: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = analyses.add_parser(

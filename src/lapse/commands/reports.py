@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lapse.commands._common import console, progress_bar, stderr_console, store, working
+from lapse.commands._common import (
+    console,
+    progress_bar,
+    selection_options,
+    stderr_console,
+    store,
+    working,
+)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -96,23 +103,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def add_report(commands: Any, common: argparse.ArgumentParser) -> None:
-    report = commands.add_parser("report", parents=[common], help=cmd_report.__doc__,
+    report = commands.add_parser("report", parents=[common, selection_options()],
+                                 help=cmd_report.__doc__,
                                  description=f"{cmd_report.__doc__} Durations are per call; "
                                  "hinges are Tukey's, exactly as R's fivenum().")
     report.add_argument("--by", action="append", default=[], metavar="COLUMN",
                         help="group by a column or attribute (version, host, attrs.model…); "
                         "repeat for several")
-    report.add_argument("--since", metavar="TIME", help="from this time: 1h (ago), ISO time")
-    report.add_argument("--until", metavar="TIME", help="up to this time: 10m (ago), ISO time")
-    report.add_argument("--between", metavar="START..END", help="a time range, e.g. 2h..1h")
-    report.add_argument("--name", action="append", metavar="NAME",
-                        help="only this event (* matches anything); repeat for several")
-    report.add_argument("--where", action="append", default=[], metavar="CONDITION",
-                        help="COLUMN OP VALUE with OP in = != > >= < <= ~ (glob), e.g. "
-                        "attrs.rows>=1000 or status=error; repeat for several")
-    report.add_argument("--run", action="append", metavar="RUN_ID", help="only this run")
-    report.add_argument("--service", help="only this service")
-    report.add_argument("--version", help="only this release")
     report.add_argument("--format", choices=("table", "json", "csv", "markdown", "html"),
                         default="table", help="output format (default: a terminal table)")
     report.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
