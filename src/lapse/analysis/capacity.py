@@ -23,9 +23,12 @@ worker, at which that many workers still meet the SLO).
 
 The model assumes service times do not grow with load; the measured calls are
 checked for that (duration at concurrency 1 against higher). Stress runs
-(``runs.kind = 'stress'``, events carrying ``attrs.workers``) are compared
-with the model's prediction at their measured rate; without them the result
-says it is a model-only estimate.
+(``runs.kind = 'stress'``) are compared with the model's prediction at their
+measured rate: events carrying ``attrs.workers`` (the serving workers) are one
+queue of that many workers; the requests of ``lapse stress`` on a Python
+callable (``--name EVENT``) are one queue per generator process, each served by
+its ``--threads``, with ``rate / workers`` arriving at each. Without a stress
+run the result says it is a model-only estimate.
 """
 
 from __future__ import annotations
@@ -190,10 +193,13 @@ class StressCheck:
     calls: int
     rate: float
     workers: int | None
+    """Workers serving the run in all (None when unknown: an HTTP target's server)."""
     measured: float
     predicted: float | None
     error: float | None
-    """predicted / measured − 1 (None without attrs.workers)."""
+    """predicted / measured − 1 (None when the workers are unknown)."""
+    queues: int = 1
+    """Separate queues the workers form (a callable stress run: one per generator process)."""
 
 
 @dataclass(frozen=True)
@@ -280,7 +286,8 @@ class Capacity(AnalysisResult):
                      f"p{self.percentile:g} within {worst:.0%} of measured.")
         else:
             text += ("Model-only estimate: no stress run (runs.kind = 'stress' with "
-                     "attrs.workers) measured this event under load to check it.")
+                     "attrs.workers, or lapse stress on a callable with --name "
+                     f"{self.event!r}) measured this event under load to check it.")
         return text
 
 
@@ -386,12 +393,20 @@ def _stress(
 ) -> list[StressCheck]:
     where, parameters = selection.where_sql()
     clause = f"{where} AND" if where else "WHERE"
+    # A callable stress run's own `stress` events say how its load was served.
     table = _read.query(
         f"""
         SELECT run_id, count(*) AS calls, (max(start_ns) - min(start_ns)) / 1e9 AS span,
                {_percentile_sql(percentile)} AS measured,
-               mode(TRY_CAST(json_extract_string(attrs, '$.workers') AS BIGINT)) AS workers
-        FROM events {clause} name = ?
+               mode(TRY_CAST(json_extract_string(attrs, '$.workers') AS BIGINT)) AS workers,
+               any_value(g.generators) AS generators, any_value(g.threads) AS threads
+        FROM events LEFT JOIN (
+            SELECT run_id,
+                   max(TRY_CAST(json_extract_string(attrs, '$.workers') AS BIGINT))
+                       AS generators,
+                   max(TRY_CAST(json_extract_string(attrs, '$.threads') AS BIGINT)) AS threads
+            FROM events_raw WHERE kind = 'stress' GROUP BY run_id) g USING (run_id)
+        {clause} name = ?
           AND run_id IN (SELECT run_id FROM runs WHERE kind = 'stress')
         GROUP BY run_id ORDER BY run_id
         """,  # noqa: S608 - identifiers fixed, values are parameters
@@ -399,13 +414,18 @@ def _stress(
     checks = []
     for row in table.to_pylist():
         rate = row["calls"] / row["span"] if row["span"] else 0.0
-        workers = row["workers"]
-        predicted = (response_percentile(rate, int(workers), service, percentile)
-                     if workers and rate else None)
+        if row["workers"]:
+            queues, per_queue = 1, int(row["workers"])
+        elif row["threads"] and row["generators"]:
+            queues, per_queue = int(row["generators"]), int(row["threads"])
+        else:
+            queues, per_queue = 1, 0
+        predicted = (response_percentile(rate / queues, per_queue, service, percentile)
+                     if per_queue and rate else None)
         error = (predicted / row["measured"] - 1
                  if predicted is not None and math.isfinite(predicted) and row["measured"]
                  else None)
         checks.append(StressCheck(row["run_id"], int(row["calls"]), rate,
-                                  int(workers) if workers else None, float(row["measured"]),
-                                  predicted, error))
+                                  queues * per_queue or None, float(row["measured"]),
+                                  predicted, error, queues))
     return checks

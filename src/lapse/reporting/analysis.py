@@ -212,7 +212,9 @@ def _capacity(result: Capacity) -> list[Block]:
     if result.autoscale is not None:
         blocks.append(f"Auto-scale: {result.autoscale.rule}.")
     if result.stress:
-        rows = [[s.run_id, f"{s.calls:,}", f"{s.rate:,.4g}", str(s.workers or "—"),
+        rows = [[s.run_id, f"{s.calls:,}", f"{s.rate:,.4g}",
+                 "—" if not s.workers else
+                 f"{s.queues} × {s.workers // s.queues}" if s.queues > 1 else str(s.workers),
                  human_seconds(s.measured),
                  "—" if s.predicted is None else human_seconds(s.predicted),
                  "—" if s.error is None else f"{s.error:+.0%}"] for s in result.stress]
