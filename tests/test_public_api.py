@@ -84,7 +84,8 @@ IMPORT_PROBE = textwrap.dedent(
         return 1
 
     heavy = ["pyarrow", "duckdb", "pandas", "numpy", "rich", "opentelemetry", "polars",
-             "sklearn", "prometheus_client", "hypothesis"]
+             "sklearn", "prometheus_client", "hypothesis",
+             "dataclasses", "logging"]  # standard, but a third of what import lapse cost
     print(json.dumps({
         "heavy": [m for m in heavy if m in sys.modules],
         "threads": threading.active_count(),

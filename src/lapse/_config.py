@@ -12,9 +12,8 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lapse._errors import ConfigError
 
@@ -184,8 +183,7 @@ def _bad(setting: str, value: object, expected: str) -> ConfigError:
     return ConfigError(f"{where}: {value!r} is not valid; expected {expected}.")
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One setting: its ``configure()`` name, its variable, default, parser and doc line."""
 
     name: str
@@ -226,9 +224,12 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Validated settings; durations in nanoseconds, the level as a number."""
+class Settings(NamedTuple):
+    """Validated settings; durations in nanoseconds, the level as a number.
+
+    A NamedTuple rather than a dataclass: ``dataclasses`` imports ``inspect``,
+    a third of what ``import lapse`` would cost.
+    """
 
     dir: Path
     level: int
@@ -240,8 +241,13 @@ class Settings:
     slow: int | None
     max_age: int | None
     packages: tuple[str, ...]
-    user_key: str | None = field(repr=False)
+    user_key: str | None
     sinks: tuple[Any, ...] = ()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self._asdict().items()
+                          if name != "user_key")
+        return f"Settings({shown})"  # the user key is a secret: never in a repr or a log
 
 
 def resolve(
@@ -282,4 +288,4 @@ def _default_service() -> str:
 
 def settings_names() -> tuple[str, ...]:
     """The names ``configure()`` accepts, in documentation order."""
-    return tuple(f.name for f in fields(Settings))
+    return Settings._fields

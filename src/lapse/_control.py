@@ -65,9 +65,7 @@ def configure(
 
 
 def _with_absolute_dir(settings: Settings) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, dir=settings.dir.expanduser().absolute())
+    return settings._replace(dir=settings.dir.expanduser().absolute())
 
 
 def _check_writable(folder: Path) -> None:

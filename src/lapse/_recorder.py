@@ -16,18 +16,22 @@ exit, and when a multiprocessing child finishes, pending events are flushed.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from lapse._config import OFF, Settings, resolve
 
-logger = logging.getLogger("lapse")
+
+def _logger() -> Any:
+    """The ``lapse`` logger, imported on the first warning: ``logging`` is a tenth of what
+    ``import lapse`` would otherwise cost."""
+    import logging
+
+    return logging.getLogger("lapse")
 
 UNSTARTED = -1
 """``Recorder.level`` before the writer runs in this process: the next call starts it."""
@@ -38,18 +42,25 @@ FORK_WAIT_S = 5.0
 """Longest a ``fork`` waits for the writer to finish an import or a write in progress."""
 
 
-@dataclass
 class Run:
     """One process's run: its id and resource, written once to ``runs/<run_id>.parquet``."""
 
-    run_id: str
-    pid: int
-    started_ns: int
-    settings: Settings
-    resource: dict[str, Any] = field(default_factory=dict)
-    segments: int = 0
-    ended_ns: int | None = None
-    kind: str = "process"
+    __slots__ = ("ended_ns", "kind", "pid", "resource", "run_id", "segments", "settings",
+                 "started_ns")
+
+    def __init__(self, run_id: str, pid: int, started_ns: int, settings: Settings, *,
+                 kind: str = "process") -> None:
+        self.run_id = run_id
+        self.pid = pid
+        self.started_ns = started_ns
+        self.settings = settings
+        self.kind = kind
+        self.resource: dict[str, Any] = {}
+        self.segments = 0
+        self.ended_ns: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, kind={self.kind!r}, segments={self.segments})"
 
 
 def new_run_id(now_ns: int, pid: int) -> str:
@@ -96,7 +107,7 @@ class Recorder:
             if first:
                 self._warned.add(reason)
         if first:
-            logger.warning(
+            _logger().warning(
                 "lapse dropped %d event(s) (%s); further drops are counted in the run "
                 "record without more warnings", count, reason.replace("_", " "),
             )
@@ -131,7 +142,7 @@ class Recorder:
                 self.level = self.settings.level
                 return self.level
         except Exception as error:  # noqa: BLE001 - the hot path must never raise
-            logger.error("lapse is off for this process: %s", error)
+            _logger().error("lapse is off for this process: %s", error)
             self.level = OFF
             return OFF
 
@@ -313,7 +324,7 @@ class Recorder:
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            logger.warning(message, *args)
+            _logger().warning(message, *args)
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -341,7 +352,7 @@ class Recorder:
         try:
             self.shutdown()
         except Exception as error:  # noqa: BLE001 - never fail interpreter exit
-            logger.warning("lapse could not flush at exit: %s", error)
+            _logger().warning("lapse could not flush at exit: %s", error)
 
     def _before_fork(self) -> None:
         # The writer imports modules and runs pyarrow under the flush lock; forking
