@@ -116,36 +116,46 @@ def event_where(
 
 
 def calls_sql(selection: Selection, event: str, columns: str, *, tail: str = "",
-              exclude_stress: bool = False) -> tuple[str, list[Any]]:
-    """SQL for one event's calls with ``concurrency`` and ``threads``, and its parameters."""
+              sample: int | None = None, exclude_stress: bool = False) -> tuple[str, list[Any]]:
+    """SQL for one event's calls with ``concurrency`` and ``threads``, and its parameters.
+
+    Concurrency at a call's start counts the event's calls in flight on its host and
+    service then, itself included, over *all* the selected calls; it is computed from
+    narrow rows (start, end) and joined to the calls by time (ASOF), so that with
+    ``sample`` only that many calls' wide columns (attributes, stacks) are ever held.
+    """
     clause, parameters = event_where(selection, event, exclude_stress=exclude_stress)
+    pick = f"ORDER BY hash(run_id, span_id, start_ns) LIMIT {int(sample)}" if sample else ""
     text = f"""
         WITH sel AS (
-            SELECT {columns}, host, service, run_id, start_ns, duration_ns,
-                   row_number() OVER () AS _id
-            FROM events {clause}
+            SELECT {columns}, host, service, run_id, start_ns, duration_ns
+            FROM events {clause} {pick}
         ),
         edges AS (
-            SELECT _id, host, service, start_ns AS t, 1 AS d FROM sel
+            SELECT coalesce(host, '') AS host, coalesce(service, '') AS service,
+                   start_ns AS t, 1 AS d FROM events {clause}
             UNION ALL
-            SELECT NULL, host, service, start_ns + duration_ns, -1 FROM sel
+            SELECT coalesce(host, ''), coalesce(service, ''), start_ns + duration_ns, -1
+            FROM events {clause}
         ),
         busy AS (
-            SELECT _id, sum(d) OVER (PARTITION BY host, service ORDER BY t, d
-                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-                   AS concurrency
-            FROM edges
+            SELECT host, service, t,
+                   sum(sum(d)) OVER (PARTITION BY host, service ORDER BY t) AS concurrency
+            FROM edges GROUP BY host, service, t
         ),
         threads AS (
             SELECT run_id, count(DISTINCT thread) AS threads FROM events_raw
             WHERE run_id IN (SELECT DISTINCT run_id FROM sel) GROUP BY run_id
         )
-        SELECT sel.* EXCLUDE (_id), busy.concurrency::BIGINT AS concurrency,
+        SELECT sel.*, busy.concurrency::BIGINT AS concurrency,
                threads.threads::BIGINT AS threads
-        FROM sel JOIN busy ON sel._id = busy._id LEFT JOIN threads USING (run_id)
+        FROM sel ASOF LEFT JOIN busy
+          ON coalesce(sel.host, '') = busy.host AND coalesce(sel.service, '') = busy.service
+         AND sel.start_ns >= busy.t
+        LEFT JOIN threads USING (run_id)
         {tail}
     """  # noqa: S608 - identifiers fixed or checked by Selection, values are parameters
-    return text, parameters
+    return text, [*parameters, *parameters, *parameters]
 
 
 def load_calls(
@@ -161,17 +171,11 @@ def load_calls(
     (a fixed pseudo-random sample), with concurrency counted over all of them."""
     columns = ("status, error_type, caller, thread, span_id, version, environment, attrs"
                + (", stack" if with_stack else ""))
-    tail = "ORDER BY start_ns"
-    if max_calls is not None:
-        tail = (f"ORDER BY hash(sel.run_id, sel.span_id, sel.start_ns) LIMIT {int(max_calls)}")
-    text, parameters = calls_sql(selection, event, columns, tail=tail,
-                                 exclude_stress=exclude_stress)
+    text, parameters = calls_sql(selection, event, columns, tail="ORDER BY start_ns",
+                                 sample=max_calls, exclude_stress=exclude_stress)
     table = _read.query(text, parameters, folder)
     total = table.num_rows
     if max_calls is not None:
-        import pyarrow.compute as pc
-
-        table = table.take(pc.sort_indices(table, [("start_ns", "ascending")]))
         clause, parameters = event_where(selection, event, exclude_stress=exclude_stress)
         counted = _read.query(f"SELECT count(*) AS n FROM events {clause}",  # noqa: S608
                               parameters, folder)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from lapse._errors import ConfigError, NotEnoughDataError
 from lapse.analysis.calls import event_counts
+from lapse.analysis.compare import BOOTSTRAP_CAP
 from lapse.analysis.result import AnalysisResult
 from lapse.analysis.selection import Selection
 from lapse.store import _read
@@ -162,7 +163,8 @@ class Changes(AnalysisResult):
             f"over the segment gives p < {self.alpha:g}, and reported when the change is at "
             f"least {self.threshold:.0%}. A series with no "
             f"change raises a false alarm at most about {self.alpha:.0%} of the time. "
-            f"Found {len(self.changes)} change(s)."
+            f"A latency change's interval is a bootstrap of the ratio of medians (on at most "
+            f"{BOOTSTRAP_CAP:,} calls per side). Found {len(self.changes)} change(s)."
         )
 
 

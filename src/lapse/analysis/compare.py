@@ -110,7 +110,8 @@ class Comparison(AnalysisResult):
             f"Compared {len(self.events)} events ({calls:,} calls) of {self.candidate} "
             f"against {self.baseline}: Brunner-Munzel rank test per event with {correction} "
             f"correction across events at alpha {self.alpha:g}, median ratio with a "
-            f"{1 - self.alpha:.0%} bootstrap interval; a change counts when it is significant "
+            f"{1 - self.alpha:.0%} bootstrap interval (on at most {BOOTSTRAP_CAP:,} calls per "
+            f"side, drawn at random); a change counts when it is significant "
             f"and beyond {self.threshold:.0%}."
         )
 
