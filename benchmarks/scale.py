@@ -157,8 +157,8 @@ def check_compare(result, truth, store):
     detail = (f"{EVENT} {verdicts.get(EVENT)} (x{slowed.ratio:.3f}, planted x1.2); "
               f"others: {', '.join(sorted(set(others)))}")
     largest = max(max(e.baseline_calls, e.candidate_calls) for e in result.events)
-    sampled = (f"test on all calls; bootstrap interval on {BOOTSTRAP_CAP:,} per side "
-               "(not said in explain())" if largest > BOOTSTRAP_CAP else "no")
+    sampled = (f"test on all calls; bootstrap interval on {BOOTSTRAP_CAP:,} per side"
+               if largest > BOOTSTRAP_CAP else "no")
     return found, detail, sampled
 
 
@@ -183,7 +183,7 @@ def check_changes(result, truth, store):
                  f"{len(others)} other change(s)"
     calls = sum(s.calls for s in result.series if s.metric == "latency")
     return found, detail, (f"no: series of all {calls:,} calls (a latency change's interval: "
-                           f"bootstrap on {BOOTSTRAP_CAP:,} per side, not said in explain())")
+                           f"bootstrap on {BOOTSTRAP_CAP:,} per side)")
 
 
 def check_drivers(result, truth, store):
@@ -233,7 +233,7 @@ def check_capacity(result, truth, store):
               f"{simulated[needed]:.3g} s with {needed}, {simulated[needed - 1]:.3g} s with "
               f"{needed - 1} (SLO {bound:g} s)")
     return found, detail, (f"service mean and CV on all {result.calls:,} calls; response "
-                           f"times from {SERVICE_SAMPLE:,} of them (not said in explain())")
+                           f"times from {SERVICE_SAMPLE:,} of them")
 
 
 def simulated_p99(store: str, rate: float, workers: int, calls: int = 200_000) -> float:

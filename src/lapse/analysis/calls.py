@@ -13,6 +13,7 @@ spans a day or more).
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import math
 import os
@@ -115,47 +116,71 @@ def event_where(
     return clause, [*parameters, event]
 
 
-def calls_sql(selection: Selection, event: str, columns: str, *, tail: str = "",
-              sample: int | None = None, exclude_stress: bool = False) -> tuple[str, list[Any]]:
-    """SQL for one event's calls with ``concurrency`` and ``threads``, and its parameters.
+def query_calls(
+    selection: Selection,
+    folder: str | os.PathLike[str] | None,
+    event: str,
+    columns: str,
+    *,
+    sample: int | None = None,
+    exclude_stress: bool = False,
+) -> pa.Table:
+    """One event's calls, oldest first, with ``columns``, ``concurrency`` and ``threads``.
 
     Concurrency at a call's start counts the event's calls in flight on its host and
-    service then, itself included, over *all* the selected calls; it is computed from
-    narrow rows (start, end) and joined to the calls by time (ASOF), so that with
-    ``sample`` only that many calls' wide columns (attributes, stacks) are ever held.
+    service then, itself included, over *all* the selected calls. It is computed in a
+    query of narrow rows (start and end times) and looked up for each call, so that with
+    ``sample`` (a fixed pseudo-random choice of that many calls) the wide columns
+    (attributes, stacks) of only those calls are ever read into memory together.
     """
+    import numpy as np
+    import pyarrow as pa
+
     clause, parameters = event_where(selection, event, exclude_stress=exclude_stress)
     pick = f"ORDER BY hash(run_id, span_id, start_ns) LIMIT {int(sample)}" if sample else ""
-    text = f"""
+    calls = _read.query(
+        f"""
         WITH sel AS (
             SELECT {columns}, host, service, run_id, start_ns, duration_ns
             FROM events {clause} {pick}
-        ),
-        edges AS (
-            SELECT coalesce(host, '') AS host, coalesce(service, '') AS service,
-                   start_ns AS t, 1 AS d FROM events {clause}
-            UNION ALL
-            SELECT coalesce(host, ''), coalesce(service, ''), start_ns + duration_ns, -1
-            FROM events {clause}
-        ),
-        busy AS (
-            SELECT host, service, t,
-                   sum(sum(d)) OVER (PARTITION BY host, service ORDER BY t) AS concurrency
-            FROM edges GROUP BY host, service, t
         ),
         threads AS (
             SELECT run_id, count(DISTINCT thread) AS threads FROM events_raw
             WHERE run_id IN (SELECT DISTINCT run_id FROM sel) GROUP BY run_id
         )
-        SELECT sel.*, busy.concurrency::BIGINT AS concurrency,
-               threads.threads::BIGINT AS threads
-        FROM sel ASOF LEFT JOIN busy
-          ON coalesce(sel.host, '') = busy.host AND coalesce(sel.service, '') = busy.service
-         AND sel.start_ns >= busy.t
-        LEFT JOIN threads USING (run_id)
-        {tail}
-    """  # noqa: S608 - identifiers fixed or checked by Selection, values are parameters
-    return text, [*parameters, *parameters, *parameters]
+        SELECT sel.*, threads.threads::BIGINT AS threads
+        FROM sel LEFT JOIN threads USING (run_id) ORDER BY start_ns
+        """,  # noqa: S608 - identifiers fixed or checked by Selection, values are parameters
+        parameters, folder)
+    busy = _read.query(
+        f"""
+        WITH edges AS (
+            SELECT coalesce(host, '') || chr(0) || coalesce(service, '') AS place,
+                   start_ns AS t, 1 AS d FROM events {clause}
+            UNION ALL
+            SELECT coalesce(host, '') || chr(0) || coalesce(service, ''),
+                   start_ns + duration_ns, -1 FROM events {clause}
+        )
+        SELECT place, t, sum(sum(d)) OVER (PARTITION BY place ORDER BY t)::BIGINT AS n
+        FROM edges GROUP BY place, t ORDER BY place, t
+        """,  # noqa: S608 - as above
+        [*parameters, *parameters], folder)
+    places = np.array([f"{h or ''}\0{s or ''}" for h, s in zip(
+        calls.column("host").to_pylist(), calls.column("service").to_pylist(), strict=True)],
+        dtype=object)
+    starts = calls.column("start_ns").to_numpy()
+    concurrency = np.zeros(calls.num_rows, dtype=np.int64)
+    if calls.num_rows:
+        keys = busy.column("place").to_numpy(zero_copy_only=False)
+        times = busy.column("t").to_numpy()
+        counts = busy.column("n").to_numpy()
+        bounds = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
+        for begin, stop in itertools.pairwise(bounds):
+            mine = places == keys[begin]
+            # The running count after every edge at or before the call's start.
+            found = np.searchsorted(times[begin:stop], starts[mine], side="right") - 1
+            concurrency[mine] = counts[begin:stop][found]
+    return calls.append_column("concurrency", pa.array(concurrency, pa.int64()))
 
 
 def load_calls(
@@ -171,9 +196,8 @@ def load_calls(
     (a fixed pseudo-random sample), with concurrency counted over all of them."""
     columns = ("status, error_type, caller, thread, span_id, version, environment, attrs"
                + (", stack" if with_stack else ""))
-    text, parameters = calls_sql(selection, event, columns, tail="ORDER BY start_ns",
-                                 sample=max_calls, exclude_stress=exclude_stress)
-    table = _read.query(text, parameters, folder)
+    table = query_calls(selection, folder, event, columns, sample=max_calls,
+                        exclude_stress=exclude_stress)
     total = table.num_rows
     if max_calls is not None:
         clause, parameters = event_where(selection, event, exclude_stress=exclude_stress)

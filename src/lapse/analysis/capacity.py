@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lapse._errors import ConfigError, NotEnoughDataError
-from lapse.analysis.calls import calls_sql, require_event
+from lapse.analysis.calls import query_calls, require_event
 from lapse.analysis.result import AnalysisResult
 from lapse.analysis.selection import Selection
 from lapse.analysis.slo import Slo, parse_slo
@@ -313,8 +313,7 @@ def capacity(
     if rate is not None and not rate > 0:
         raise ConfigError(f"rate: {rate!r} is not valid; expected calls per second above 0.")
     require_event(selection, dir, event, MIN_CALLS, "capacity")
-    text, parameters = calls_sql(selection, event, "status", exclude_stress=True)
-    table = _read.query(text, parameters, dir)
+    table = query_calls(selection, dir, event, "status", exclude_stress=True)
     if table.num_rows < MIN_CALLS:
         raise NotEnoughDataError(
             f"capacity needs at least {MIN_CALLS} calls of {event!r} outside stress runs to "
