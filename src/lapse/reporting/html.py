@@ -23,6 +23,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: rig
 th:first-child, td:first-child { text-align: left; }
 section.event, section.analysis { margin-top: 2.5rem; }
 .lapse-analysis table { margin: 0.5rem 0 1rem; }
+.lapse-analysis th { text-align: left; }
 .charts { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 1rem; }
 .note { color: #666; }
 """
