@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
+from itertools import repeat, starmap
 from typing import Any
 
 from lapse._config import OFF, Settings, resolve
@@ -258,8 +259,9 @@ class Recorder:
             run.resource = self._resource(run.settings)
         count = len(self.buffer)
         if count:
-            popleft = self.buffer.popleft
-            batch = [popleft() for _ in range(count)]
+            # Exactly the events buffered so far (the hot path keeps appending), popped
+            # by a C-level loop: a third of the time of a comprehension.
+            batch = list(starmap(self.buffer.popleft, repeat((), count)))
             self._write_segment(run, batch)
         if self._run_dirty:
             self._write_run(run)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     import pyarrow as pa
 
 
@@ -30,12 +32,14 @@ def _validity(missing: list[bool]) -> Any:
     return pa.py_buffer(np.packbits(present, bitorder="little"))
 
 
-def int64(values: Sequence[int | None]) -> pa.Array:
-    """An int64 array; ``None`` becomes null."""
+def int64(values: Sequence[int | None] | npt.NDArray[np.int64]) -> pa.Array:
+    """An int64 array; ``None`` becomes null. A NumPy array is used as it is."""
     import numpy as np
     import pyarrow as pa
 
     n = len(values)
+    if isinstance(values, np.ndarray):
+        return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(values)])
     nones = values.count(None)
     if nones == n:
         return pa.nulls(n, pa.int64())
@@ -48,12 +52,12 @@ def int64(values: Sequence[int | None]) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), n, [validity, pa.py_buffer(data)])
 
 
-def int64_plus(values: Sequence[int], offset: int) -> pa.Array:
+def int64_plus(values: Sequence[int] | npt.NDArray[np.int64], offset: int) -> pa.Array:
     """An int64 array of ``values`` shifted by ``offset`` (no nulls)."""
     import numpy as np
     import pyarrow as pa
 
-    data = np.array(values, dtype=np.int64) + np.int64(offset)
+    data = np.asarray(values, dtype=np.int64) + np.int64(offset)
     return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(data)])
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from lapse import _capture
@@ -25,6 +26,8 @@ from lapse.store import _arrow, _layout
 from lapse.store._schema import event_schema, run_schema
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     import pyarrow as pa
 
     from lapse._recorder import Run
@@ -73,8 +76,8 @@ def encode_events(batch: Sequence[tuple[Any, ...]], run: Run) -> pa.Table:
 
 def _common_columns(
     keys: Sequence[Any],
-    starts: Sequence[int],
-    durations: Sequence[int],
+    starts: Sequence[int] | npt.NDArray[np.int64],
+    durations: Sequence[int] | npt.NDArray[np.int64],
     errors: Sequence[type[BaseException] | None],
     offset: int,
 ) -> dict[str, pa.Array]:
@@ -97,8 +100,8 @@ def _common_columns(
 
 
 def _encode_minimal(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
-    keys, starts, durations, errors = _columns(batch, 4)
-    columns = _common_columns(keys, starts, durations, errors, offset)
+    keys, errors = _columns(batch, (0, 3))
+    columns = _common_columns(keys, _ints(batch, 1), _ints(batch, 2), errors, offset)
     n = len(batch)
     columns["level"] = _arrow.constant("minimal", n)
     columns["run_id"] = _arrow.constant(run.run_id, n)
@@ -106,14 +109,13 @@ def _encode_minimal(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.T
 
 
 def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
-    (keys, starts, durations, errors, spans, traces, parents, threads, callers, attrs, extras) = (
-        _columns(batch, 11)
-    )
+    keys, errors, parents, threads, callers, attrs, extras = _columns(
+        batch, (0, 3, 6, 7, 8, 9, 10))
     n = len(batch)
-    columns = _common_columns(keys, starts, durations, errors, offset)
+    columns = _common_columns(keys, _ints(batch, 1), _ints(batch, 2), errors, offset)
     columns["run_id"] = _arrow.constant(run.run_id, n)
-    columns["span_id"] = _arrow.int64(spans)
-    columns["trace_id"] = _arrow.int64(traces)
+    columns["span_id"] = _arrow.int64(_ints(batch, 4))
+    columns["trace_id"] = _arrow.int64(_ints(batch, 5))
     columns["parent_id"] = _arrow.int64(parents)
     columns["thread"] = _arrow.by_identity(threads, lambda name: name)
     columns["caller"] = _arrow.by_identity(
@@ -136,14 +138,25 @@ def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.
     return _table(columns, n)
 
 
-def _columns(batch: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """The batch split into one list per field.
+def _columns(batch: Sequence[tuple[Any, ...]], fields: Sequence[int]) -> list[list[Any]]:
+    """The batch's ``fields`` split into one list each.
 
-    One comprehension per field rather than ``zip(*batch)``: unpacking a
-    million tuples as arguments makes a million tracked objects and several
-    full garbage collections, which cost eight times as much.
+    One pass per field rather than ``zip(*batch)``: unpacking a million tuples as
+    arguments makes a million tracked objects and several full garbage collections,
+    which cost eight times as much.
     """
-    return [[event[i] for event in batch] for i in range(width)]
+    return [list(map(itemgetter(i), batch)) for i in fields]
+
+
+def _ints(batch: Sequence[tuple[Any, ...]], field: int) -> Any:
+    """Field ``field`` as an int64 NumPy array read straight from the tuples (no list in
+    between), or as a list when some are None (events buffered by integrations)."""
+    import numpy as np
+
+    try:
+        return np.fromiter(map(itemgetter(field), batch), dtype=np.int64, count=len(batch))
+    except TypeError:
+        return [event[field] for event in batch]
 
 
 def _instrument_columns(keys: Sequence[Any]) -> dict[str, pa.Array]:
