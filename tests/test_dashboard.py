@@ -53,7 +53,8 @@ for i in range(int(sys.argv[1])):
     time.sleep(float(sys.argv[2]))
 """
 API = ("/api/summary", "/api/timeseries", "/api/histogram", "/api/slowest",
-       "/api/trace/{run_id}/{trace_id}", "/api/runs", "/api/attributes", "/api/status",
+       "/api/trace/{run_id}/{trace_id}", "/api/runs", "/api/versions", "/api/attributes",
+       "/api/status",
        "/api/analyze/compare", "/api/analyze/changes", "/api/analyze/drivers",
        "/api/analyze/slow", "/api/analyze/outliers", "/api/analyze/capacity")
 PLANTED = synthetic.Workload(events=8_000, runs=4, sigma=0.3, seed=5, rate_per_s=200,
@@ -483,3 +484,73 @@ def test_openapi_documents_the_analyses(analyses):
         "event", "slo"}
     assert all(p["description"] for each in parameters.values() for p in each.values())
     assert "400" in paths["/api/analyze/slow"]["get"]["responses"]
+
+
+def count(store: Path, condition: str) -> int:
+    """Calls meeting an SQL condition, counted independently of the analyses."""
+    query = f"select count(*) as n from events where {condition}"
+    return int(lapse.sql(query, store).to_pylist()[0]["n"])
+
+
+def test_versions_lists_the_releases(analyses):
+    """/api/versions: the releases the page offers as a filter."""
+    assert sorted(get(f"{analyses}/api/versions").json()["versions"]) == ["1.0", "1.1"]
+
+
+def examined(answer: httpx.Response) -> int:
+    """Calls an outliers answer looked at, over its events."""
+    assert answer.status_code == 200, answer.text
+    return sum(event["calls"] for event in answer.json()["result"]["events"])
+
+
+def test_version_until_and_where_narrow_the_analyses(analyses, planted):
+    """version, where and until select the calls as lapse.analyze does: the counts are those of
+    the store's own SQL; conditions may be joined by commas or repeated."""
+    assert examined(analyse(analyses, "outliers")) == count(planted, "true")
+    release = analyse(analyses, "outliers", version="1.1")
+    assert examined(release) == count(planted, "version = '1.1'") < count(planted, "true")
+    assert release.json()["explain"] == lapse.analyze.outliers(planted, version="1.1").explain()
+    drivers = analyse(analyses, "drivers", event="predict", version="1.1").json()
+    assert drivers["result"]["calls"] == count(planted, "name = 'predict' and version = '1.1'")
+    joined = analyse(analyses, "outliers", where="attrs.rows>=5000, host=host-0")
+    repeated = get(f"{analyses}/api/analyze/outliers",
+                   where=["attrs.rows>=5000", "host=host-0"])
+    assert joined.json()["result"] == repeated.json()["result"]
+    big = "TRY_CAST(json_extract_string(attrs, '$.rows') AS DOUBLE) >= 5000"
+    assert examined(joined) == count(planted, f"{big} and host = 'host-0'") > 0
+    middle = lapse.sql("select quantile_disc(start_ns, 0.5) // 1000000000 * 1000000000 as t "
+                       "from events", planted).to_pylist()[0]["t"]  # a whole second
+    early = analyse(analyses, "outliers", since="all", until=_iso(middle))
+    assert examined(early) == count(planted, f"start_ns < {middle}") > 0
+
+
+def _iso(ns: int) -> str:
+    """An epoch-ns time as the ISO text `until` takes."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
+
+
+def test_bad_condition_or_version_is_400_with_lapse_message(analyses, planted):
+    """A condition lapse cannot read, or a release the store never recorded, is HTTP 400 with
+    lapse's own message, naming what was typed."""
+    with pytest.raises(lapse.ConfigError) as expected:
+        lapse.analyze.outliers(planted, where="attrs.rows>>5")
+    answer = analyse(analyses, "outliers", where="attrs.rows>>5")
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": str(expected.value)}
+    unknown = analyse(analyses, "slow", event="predict", slo="12ms", version="9.9")
+    assert unknown.status_code == 400
+    assert "version '9.9' is not in the store" in unknown.json()["detail"]
+    assert "1.1" in unknown.json()["detail"]
+    assert analyse(analyses, "drivers", event="predict", predict="rows").status_code == 400
+
+
+def test_drivers_predicts_with_an_interval(analyses):
+    """predict=rows=5000 adds the model's estimate, inside its interval, to the answer."""
+    body = analyse(analyses, "drivers", event="predict", predict="rows=5000").json()
+    prediction = body["result"]["prediction"]
+    assert prediction["inputs"] == {"attrs.rows": 5000}
+    assert 0 < prediction["low"] <= prediction["estimate"] <= prediction["high"]
+    assert "Prediction: predict with attrs.rows=5000" in body["explain"]
+    assert "class='prediction'" in body["html"]

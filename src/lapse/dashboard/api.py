@@ -148,6 +148,26 @@ def get_runs(store: Store) -> list[dict[str, Any]]:
     return _read.runs(store)
 
 
+VERSIONS_SQL = """
+    SELECT version FROM runs WHERE version IS NOT NULL
+    GROUP BY version ORDER BY max(started_ns) DESC, version
+"""
+
+
+def versions(store: Path) -> list[str]:
+    """The releases of the store, newest first, from its runs alone: the events are not
+    scanned, so filling a version list stays cheap on a large store."""
+    return [row["version"] for row in _read.query(VERSIONS_SQL, (), store).to_pylist()]
+
+
+@router.get("/versions", response_model=models.Versions, summary="Releases",
+            description="The versions (releases) that processes were configured with, newest "
+            "first: each can be given as `version` to the summary or an analysis.")
+def get_versions(store: Store) -> dict[str, Any]:
+    """Releases of the store, for version choices."""
+    return {"versions": versions(store)}
+
+
 @router.get("/attributes", response_model=models.Attributes, summary="Attribute keys",
             description="Keys of the user attributes on the selected events, most frequent "
             "first: each can be used as a grouping term `attrs.KEY`.")

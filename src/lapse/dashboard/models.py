@@ -163,6 +163,12 @@ class Attributes(BaseModel):
     keys: list[str]
 
 
+class Versions(BaseModel):
+    """Releases recorded in the store, newest first."""
+
+    versions: list[str]
+
+
 class Status(BaseModel):
     """Whether the store exists, and a fingerprint that changes whenever it is written."""
 
@@ -183,7 +189,8 @@ class AnalysisOut(BaseModel):
     html: str = Field(description="the result as an HTML fragment (tables and paragraphs, "
                       "every value escaped), as lapse renders it in Jupyter")
     result: dict[str, Any] = Field(description="the JSON document of `--format json` "
-                                   "(NaN and infinity as null)")
+                                   "(NaN and infinity as null); with `predict`, drivers adds "
+                                   "`prediction`: estimate, low and high in seconds, level")
 
 
 class Problem(BaseModel):
