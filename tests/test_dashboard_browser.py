@@ -297,18 +297,26 @@ def test_compare_releases_from_the_analyses_page(tab, analyses):
 
 
 def test_analyses_page_runs_drivers_and_shows_errors(tab, analyses):
-    """The event list comes from the store; drivers names attrs.rows; a bad selector shows
-    lapse's message in the page instead of a result."""
+    """The event and release lists come from the store; drivers of release 1.1 names
+    attrs.rows and predicts; a bad selector shows lapse's message in the page instead of a
+    result."""
     tab.page.goto(f"{analyses}/analyses")
+    assert tab.page.locator("#version").is_hidden(), "compare takes no filters"
     tab.page.select_option("#analysis", "drivers")
     assert tab.page.locator("#baseline").is_hidden()
     tab.page.wait_for_selector("#event option[value='predict']", state="attached")
     tab.page.select_option("#event", "predict")
+    tab.page.wait_for_selector("#version option[value='1.1']", state="attached")
+    tab.page.select_option("#version", "1.1")
+    tab.page.fill("#predict", "rows=5000")
     tab.page.click("#run")
     tab.page.wait_for_selector("#result table")
     assert "attrs.rows" in tab.page.inner_text("#result table")
+    assert "Prediction: predict with attrs.rows=5000" in tab.page.inner_text("#result")
+    assert "version=1.1" in tab.page.url, "the filters are kept in the address"
     tab.page.select_option("#analysis", "compare")
     assert tab.page.locator("#result").is_hidden()
+    assert tab.page.locator("#version").is_hidden()
     tab.expected.append("status of 400 (Bad Request)")  # the browser logs the failed fetch
     tab.page.fill("#baseline", "versoin 1.0")
     tab.page.fill("#candidate", "version=1.1")

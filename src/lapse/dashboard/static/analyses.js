@@ -5,11 +5,15 @@ const { params, el } = lapse;
 const analysisBox = document.getElementById("analysis");
 const sinceBox = document.getElementById("since");
 const eventBox = document.getElementById("event");
+const versionBox = document.getElementById("version");
 const sloBox = document.getElementById("slo");
 const form = document.getElementById("form");
 const runButton = document.getElementById("run");
 const result = document.getElementById("result");
 let latest = 0; // only the newest run is shown: switching analysis drops an older answer
+
+// Text inputs kept in the address (the selects, filled from the store, are restored apart).
+const KEPT = ["baseline", "candidate", "threshold", "slo", "rate", "where", "until", "predict"];
 
 // Per analysis: the inputs it cannot do without, the SLO it expects, and what it tells.
 const ANALYSES = {
@@ -84,9 +88,7 @@ async function run(submitted) {
   const mine = ++latest;
   const analysis = analysisBox.value;
   const values = query();
-  for (const name of ["baseline", "candidate", "threshold", "event", "slo", "rate"]) {
-    lapse.setParam(name, values[name]);
-  }
+  for (const name of [...KEPT, "event", "version"]) lapse.setParam(name, values[name]);
   setRunning(true);
   lapse.notice("");
   try {
@@ -105,9 +107,11 @@ async function run(submitted) {
   }
 }
 
-/** The event choices: every event in the store, most called first, keeping the choice made. */
-async function fillEvents() {
+/** The event and release choices: every event in the store, most called first, and every
+ * version, keeping the choices made. */
+async function fillChoices() {
   try {
+    await fillVersions();
     const summary = await lapse.api("summary", { since: "all" });
     const wanted = eventBox.value || params.get("event") || "";
     const rows = [...summary.rows].sort((a, b) => b.count - a.count);
@@ -120,10 +124,19 @@ async function fillEvents() {
   }
 }
 
+/** The release choices: the store's versions, newest first, keeping the choice made. */
+async function fillVersions() {
+  const { versions } = await lapse.api("versions");
+  const wanted = versionBox.value || params.get("version") || "";
+  versionBox.replaceChildren(versionBox.options[0],
+    ...versions.map((version) => el("option", { value: version }, version)));
+  if (versions.includes(wanted)) versionBox.value = wanted;
+}
+
 function setUp() {
   if (params.get("analysis") in ANALYSES) analysisBox.value = params.get("analysis");
   sinceBox.value = params.get("since") || "all";
-  for (const name of ["baseline", "candidate", "threshold", "slo", "rate"]) {
+  for (const name of KEPT) {
     if (params.get(name)) form.elements[name].value = params.get(name);
   }
   analysisBox.addEventListener("change", () => {
@@ -140,4 +153,4 @@ function setUp() {
 }
 
 setUp();
-lapse.live(fillEvents);
+lapse.live(fillChoices);
