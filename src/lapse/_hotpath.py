@@ -3,8 +3,18 @@
 The sync wrapper is written out in full (each helper call would add ~60 ns);
 coroutines, generators, async generators and ``with`` blocks share ``_open``
 and ``_finish``. Nesting lives in a ``ContextVar`` holding the current call's
-``ctx = [span_id, trace_id, attrs]`` (plus the open span for ``with`` blocks),
-so one instrument is safe across threads, asyncio tasks and recursion.
+``ctx = [span_id, trace_id, attrs, link]`` (plus the open span for ``with``
+blocks), so one instrument is safe across threads, asyncio tasks and recursion.
+
+An event refers to its parent through a *link*, ``(parent_span_id, trace_id)``:
+a root call stores the shared ``ROOT`` (its trace is its own span id); a child
+stores its parent's link, made once by the parent's first child and kept in
+the parent's ``ctx[3]``, so children of one call share one tuple and a child
+allocates nothing for it. The standard event is the 7-slot
+``(key, t0, duration, span_id, link, thread_name, caller_code)``, extended by
+``(attrs, debug_extra)`` only when there are attributes or debug detail; an
+exception replaces ``key`` by ``(key, error_class)`` (see
+``lapse.store._segments`` for every shape).
 
 Buffered tuples hold only objects the garbage collector does not track (ints,
 strings, code objects, flat tuples of those, ``None``): a decorated function
@@ -40,6 +50,19 @@ _getframe = sys._getframe
 _current_thread = threading.current_thread
 _thread_names = threading.local()
 
+ROOT = (0, 0)
+"""The link of a root call: no parent (span ids start at 1), its trace is its own span id."""
+
+
+def _link_of(parent: list[Any] | None) -> tuple[int, int]:
+    """The link a child of ``parent`` (a ctx, or None for a root call) buffers."""
+    if parent is None:
+        return ROOT
+    link = parent[3]
+    if link is None:
+        link = parent[3] = (parent[0], parent[1])
+    return link  # type: ignore[no-any-return]
+
 
 def _level_of(instrument: Instrument) -> int:
     """The level to record a call at: the global level (started if need be), then the override.
@@ -62,14 +85,14 @@ def _slow_of(instrument: Instrument) -> int | None:
 
 def _open(
     instrument: Instrument, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[list[Any], int | None]:
-    """A new call's ``ctx`` and its parent's span id, for standard and debug levels."""
+) -> tuple[list[Any], tuple[int, int]]:
+    """A new call's ``ctx`` and its link to its parent, for standard and debug levels."""
     parent = _current.get()
     sid = next(_ids)
     attrs = _captured(instrument, args, kwargs) if instrument.capture else None
     if parent is None:
-        return [sid, sid, attrs], None
-    return [sid, parent[1], attrs], parent[0]
+        return [sid, sid, attrs, None], ROOT
+    return [sid, parent[1], attrs, None], _link_of(parent)
 
 
 def _captured(
@@ -96,7 +119,7 @@ def _finish(  # noqa: PLR0917 - positional on purpose: called on every span's ex
     t1: int,
     error: type[BaseException] | None,
     ctx: list[Any] | None,
-    parent: int | None,
+    link: tuple[int, int] | None,
     cpu0: int,
     *,
     depth: int = 2,
@@ -112,8 +135,12 @@ def _finish(  # noqa: PLR0917 - positional on purpose: called on every span's ex
             except ValueError:
                 frame = None
             extra = None if level != DEBUG else _debug_detail(instrument, frame, t1 - t0, cpu0)
-            event = (instrument.key, t0, t1 - t0, error, ctx[0], ctx[1], parent, _thread_name(),
-                     None if frame is None else frame.f_code, ctx[2], extra)
+            head = instrument.key if error is None else (instrument.key, error)
+            attrs = ctx[2]
+            event = (head, t0, t1 - t0, ctx[0], link, _thread_name(),
+                     None if frame is None else frame.f_code)
+            if attrs is not None or extra is not None:
+                event += (attrs, extra)
         buffer = recorder.buffer
         if len(buffer) < recorder.capacity:
             buffer.append(event)
@@ -165,6 +192,7 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
     override = instrument.level
     own_slow = instrument.slow
     capture = bool(instrument.capture)
+    root = ROOT
 
     @functools.wraps(fn)
     def timed_function(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912, PLR0915
@@ -175,8 +203,8 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
             level = override
         elif level <= 0:
             level = recorder.level
-        error = None
         if level == MINIMAL:
+            error = None
             t0 = clock()
             try:
                 return fn(*args, **kwargs)
@@ -194,29 +222,53 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
         parent = current.get()
         sid = next(ids)
         if parent is None:
-            trace = sid
-            parent_id = None
+            link = root
+            ctx = [sid, sid, _captured(instrument, args, kwargs) if capture else None, None]
         else:
-            trace = parent[1]
-            parent_id = parent[0]
-        ctx = [sid, trace, _captured(instrument, args, kwargs) if capture else None]
+            # The parent's link, made by its first child and shared by the others.
+            link = parent[3]
+            if link is None:
+                link = parent[3] = (parent[0], parent[1])
+            ctx = [sid, parent[1], _captured(instrument, args, kwargs) if capture else None,
+                   None]
         token = current.set(ctx)
-        # Debug detail is kept for calls lasting at least `threshold` ns (-1: never,
-        # at standard), so a debug call under `slow` costs what a standard one does.
-        threshold = -1
-        cpu0 = 0
-        if level == DEBUG:
-            slow = recorder.slow if own_slow is None else own_slow
-            if slow is None:
-                threshold = 0
-                cpu0 = thread_time_ns()
-            else:
-                threshold = slow
+        head: Any = key
+        if level != DEBUG:
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                head = (key, type(exc))
+                raise
+            finally:
+                t1 = clock()
+                current.reset(token)
+                try:
+                    thread = names.name
+                except AttributeError:
+                    thread = _thread_name()
+                if len(buffer) < recorder.capacity:
+                    if ctx[2] is None:
+                        append((head, t0, t1 - t0, sid, link, thread, _getframe(1).f_code))
+                    else:
+                        append((head, t0, t1 - t0, sid, link, thread, _getframe(1).f_code,
+                                ctx[2], None))
+                else:
+                    recorder.drop()
+        # Debug: the detail is kept for calls lasting at least `threshold` ns, so a
+        # debug call under `slow` costs what a standard one does.
+        slow = recorder.slow if own_slow is None else own_slow
+        if slow is None:
+            threshold = 0
+            cpu0 = thread_time_ns()
+        else:
+            threshold = slow
+            cpu0 = 0
         t0 = clock()
         try:
             return fn(*args, **kwargs)
         except BaseException as exc:
-            error = type(exc)
+            head = (key, type(exc))
             raise
         finally:
             t1 = clock()
@@ -228,11 +280,13 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
             frame = _getframe(1)
             duration = t1 - t0
             extra = None
-            if duration >= threshold >= 0:
+            if duration >= threshold:
                 extra = _debug_detail(instrument, frame, duration, cpu0)
             if len(buffer) < recorder.capacity:
-                append((key, t0, duration, error, sid, trace, parent_id, thread, frame.f_code,
-                        ctx[2], extra))
+                if ctx[2] is None and extra is None:
+                    append((head, t0, duration, sid, link, thread, frame.f_code))
+                else:
+                    append((head, t0, duration, sid, link, thread, frame.f_code, ctx[2], extra))
             else:
                 recorder.drop()
 
@@ -245,7 +299,7 @@ def _wrap_coroutine(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
         level = _level_of(instrument)
         if level == OFF:
             return await fn(*args, **kwargs)
-        ctx, parent = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
+        ctx, link = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
         token = None if ctx is None else _current.set(ctx)
         error = None
         t0 = perf_counter_ns()
@@ -258,7 +312,7 @@ def _wrap_coroutine(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
             t1 = perf_counter_ns()
             if token is not None:
                 _reset(token, ctx)
-            _finish(instrument, level, t0, t1, error, ctx, parent, 0)
+            _finish(instrument, level, t0, t1, error, ctx, link, 0)
 
     return timed_coroutine
 
@@ -270,7 +324,7 @@ def _wrap_generator(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
         if level == OFF:
             return (yield from fn(*args, **kwargs))
         inner = fn(*args, **kwargs)
-        ctx, parent = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
+        ctx, link = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
         error = None
         t0 = perf_counter_ns()
         # What the body sees as current: its own span, or a span it left open
@@ -305,7 +359,7 @@ def _wrap_generator(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
             error = type(exc)
             raise
         finally:
-            _finish(instrument, level, t0, perf_counter_ns(), error, ctx, parent, 0)
+            _finish(instrument, level, t0, perf_counter_ns(), error, ctx, link, 0)
 
     return timed_generator
 
@@ -318,7 +372,7 @@ def _wrap_async_generator(instrument: Instrument, fn: Callable[..., Any]) -> Cal
         # is passed on by hand: `async for` would drop sent values.
         level = _level_of(instrument)
         inner = fn(*args, **kwargs)
-        ctx, parent = (None, None) if level <= MINIMAL else _open(instrument, args, kwargs)
+        ctx, link = (None, None) if level <= MINIMAL else _open(instrument, args, kwargs)
         error = None
         t0 = perf_counter_ns()
         inside = ctx
@@ -353,7 +407,7 @@ def _wrap_async_generator(instrument: Instrument, fn: Callable[..., Any]) -> Cal
             raise
         finally:
             if level != OFF:
-                _finish(instrument, level, t0, perf_counter_ns(), error, ctx, parent, 0)
+                _finish(instrument, level, t0, perf_counter_ns(), error, ctx, link, 0)
 
     return timed_async_generator
 

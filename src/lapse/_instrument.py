@@ -31,6 +31,7 @@ from lapse._hotpath import (
     _finish,
     _ids,
     _level_of,
+    _link_of,
     _reset,
     _slow_of,
     _user,
@@ -140,8 +141,8 @@ class Instrument:
                 return active
             parent = _current.get()
             sid = next(_ids)
-            active.ctx = [sid, sid if parent is None else parent[1], None, active]
-            active.parent = None if parent is None else parent[0]
+            active.ctx = [sid, sid if parent is None else parent[1], None, None, active]
+            active.link = _link_of(parent)
             active.token = _current.set(active.ctx)
             if level == DEBUG and _slow_of(self) is None:
                 active.cpu0 = thread_time_ns()
@@ -173,24 +174,24 @@ class Instrument:
     def _close(self, t1: int, exc_type: type[BaseException] | None) -> None:
         """Record the innermost open block of this instrument (the caller is 3 frames up)."""
         current = _current.get()
-        if current is None or len(current) < 4 or current[3].instrument is not self:
+        if current is None or len(current) < 5 or current[4].instrument is not self:
             return  # off, or the enter failed: nothing to record
-        active: ActiveSpan = current[3]
+        active: ActiveSpan = current[4]
         _reset(active.token, current)
-        _finish(self, active.level, active.t0, t1, exc_type, active.ctx, active.parent,
+        _finish(self, active.level, active.t0, t1, exc_type, active.ctx, active.link,
                 active.cpu0, depth=3)
 
 
 class ActiveSpan:
     """One open ``with lapse.span(...)`` block; ``set()`` adds attributes to it."""
 
-    __slots__ = ("cpu0", "ctx", "instrument", "level", "parent", "t0", "token")
+    __slots__ = ("cpu0", "ctx", "instrument", "level", "link", "t0", "token")
 
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
         self.level = OFF
         self.ctx: list[Any] | None = None
-        self.parent: int | None = None
+        self.link: tuple[int, int] | None = None
         self.token: Any = None
         self.t0 = 0
         self.cpu0 = 0

@@ -142,7 +142,7 @@ class LapsePlugin:
         if RECORDER.run_kind != "test":  # the tests called lapse.reset()
             RECORDER.set_run_kind("test")
         sid = next(_ids)
-        ctx: list[Any] = [sid, sid, None]
+        ctx: list[Any] = [sid, sid, None, None]
         token = _current.set(ctx)
         t0 = perf_counter_ns()
         try:
@@ -187,8 +187,11 @@ class LapsePlugin:
             if self.worker:
                 attrs["worker"] = self.worker
             error = call.excinfo.type if report.failed and call.excinfo is not None else None
-            self.append((self._instrument(item.nodeid, "test"), t0, t1 - t0, error, sid, sid,
-                         None, "MainThread", None, attrs, None))
+            from lapse._hotpath import ROOT
+
+            instrument = self._instrument(item.nodeid, "test")
+            head = instrument if error is None else (instrument, error)
+            self.append((head, t0, t1 - t0, sid, ROOT, "MainThread", None, attrs, None))
         return report
 
     def _instrument(self, name: str, kind: str) -> Any:
@@ -381,18 +384,15 @@ class Bench:
         return result
 
     def _store(self, name: str, loops: int, rounds: list[tuple[int, int]]) -> None:
-        from lapse._hotpath import _current, _ids
+        from lapse._hotpath import _current, _ids, _link_of
 
         plugin = self.plugin
         assert plugin is not None
         instrument = plugin._instrument(name, "bench")
-        parent = _current.get()
-        trace, parent_id = (None, None) if parent is None else (parent[1], parent[0])
+        link = _link_of(_current.get())
         for t0, total in rounds:
-            sid = next(_ids)
-            plugin.append((instrument, t0, round(total / loops), None, sid,
-                           sid if trace is None else trace, parent_id, "MainThread", None,
-                           {"test_run": plugin.test_run, "loops": loops}, None))
+            plugin.append((instrument, t0, round(total / loops), next(_ids), link, "MainThread",
+                           None, {"test_run": plugin.test_run, "loops": loops}, None))
 
 
 @pytest.fixture

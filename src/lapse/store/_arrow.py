@@ -52,6 +52,15 @@ def int64(values: Sequence[int | None] | npt.NDArray[np.int64]) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), n, [validity, pa.py_buffer(data)])
 
 
+def int64_valid(values: npt.NDArray[np.int64], present: npt.NDArray[np.bool_]) -> pa.Array:
+    """An int64 array of ``values`` (contiguous), null where ``present`` is False."""
+    import numpy as np
+    import pyarrow as pa
+
+    validity = pa.py_buffer(np.packbits(present, bitorder="little"))
+    return pa.Array.from_buffers(pa.int64(), len(values), [validity, pa.py_buffer(values)])
+
+
 def int64_plus(values: Sequence[int] | npt.NDArray[np.int64], offset: int) -> pa.Array:
     """An int64 array of ``values`` shifted by ``offset`` (no nulls)."""
     import numpy as np

@@ -1,14 +1,22 @@
 """Turning buffered raw tuples into stored rows, in the background writer.
 
-The hot path appends one of two tuple shapes (see ``lapse._hotpath``)::
+The hot path appends one of three tuple shapes (see ``lapse._hotpath``)::
 
-    minimal:           (instrument, t0, duration, error_class)
-    standard / debug:  (instrument, t0, duration, error_class, span_id, trace_id,
-                        parent_id, thread_name, caller_code, attrs, debug_extra)
+    minimal:           (key, t0, duration, error_class)
+    standard:          (head, t0, duration, span_id, link, thread_name, caller_code)
+    with attributes or debug detail:
+                       (head, t0, duration, span_id, link, thread_name, caller_code,
+                        attrs, debug_extra)
 
-where ``instrument`` is an index into ``lapse._instrument.INSTRUMENTS`` (or,
-for a ``with`` block, the Instrument itself), ``t0`` is ``perf_counter_ns()``
-and ``debug_extra`` is None at standard level, else ``(stack, user, cpu_ns)``.
+told apart by their length. ``key`` is an index into
+``lapse._instrument.INSTRUMENTS`` (or, for a ``with`` block, the Instrument
+itself); ``head`` is the key, or ``(key, error_class)`` for a call that raised,
+so a call that returns stores no error slot. ``link`` is the parent's
+``(parent_span_id, trace_id)``, one tuple shared by the children of a parent,
+or ``ROOT`` ``(0, 0)`` for a root call, whose trace is its own span id (None
+in both ``span_id`` and ``link``: an event with no span, from an integration).
+``t0`` is ``perf_counter_ns()`` and ``debug_extra`` is None at standard level,
+else ``(stack, user, cpu_ns)``.
 Everything costly (names, JSON, wall-clock conversion, redaction,
 pseudonymisation) happens here, column by column.
 """
@@ -18,7 +26,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from operator import itemgetter
+from itertools import chain, repeat
+from operator import add, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from lapse import _capture
@@ -78,13 +87,14 @@ def _common_columns(
     keys: Sequence[Any],
     starts: Sequence[int] | npt.NDArray[np.int64],
     durations: Sequence[int] | npt.NDArray[np.int64],
-    errors: Sequence[type[BaseException] | None],
+    errors: Sequence[type[BaseException] | None] | None,
     offset: int,
 ) -> dict[str, pa.Array]:
+    """Name, kind, start, duration, status and error type; ``errors`` None: no error."""
     import pyarrow as pa
 
     n = len(starts)
-    if errors.count(None) == n:
+    if errors is None or errors.count(None) == n:
         status = _arrow.constant("ok", n)
         error_type = pa.nulls(n, pa.string())
     else:
@@ -108,15 +118,28 @@ def _encode_minimal(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.T
     return _table(columns, n)
 
 
+_NO_DETAIL = (None, None)
+
+
 def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
-    keys, errors, parents, threads, callers, attrs, extras = _columns(
-        batch, (0, 3, 6, 7, 8, 9, 10))
+    heads, links, threads, callers = _columns(batch, (0, 4, 5, 6))
     n = len(batch)
+    keys, errors = _unfold_errors(heads)
+    spans = _ints(batch, 3)
+    traces, parents = _trace_columns(spans, links)
+    long = list(map(len, batch)).count(9)
+    if long == n:
+        attrs, extras = _columns(batch, (7, 8))
+    elif long:  # padded with (None, None), a short tuple's attrs and extra read as None
+        attrs, extras = (list(map(itemgetter(i), map(add, batch, repeat(_NO_DETAIL))))
+                         for i in (7, 8))
+    else:
+        attrs = extras = [None] * n
     columns = _common_columns(keys, _ints(batch, 1), _ints(batch, 2), errors, offset)
     columns["run_id"] = _arrow.constant(run.run_id, n)
-    columns["span_id"] = _arrow.int64(_ints(batch, 4))
-    columns["trace_id"] = _arrow.int64(_ints(batch, 5))
-    columns["parent_id"] = _arrow.int64(parents)
+    columns["span_id"] = _arrow.int64(spans)
+    columns["trace_id"] = traces
+    columns["parent_id"] = parents
     columns["thread"] = _arrow.by_identity(threads, lambda name: name)
     columns["caller"] = _arrow.by_identity(
         callers, lambda code: None if code is None else _capture.code_name(code))
@@ -136,6 +159,44 @@ def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.
         )
         columns["cpu_ns"] = _arrow.int64([None if x is None else x[2] for x in extras])
     return _table(columns, n)
+
+
+def _unfold_errors(heads: list[Any]) -> tuple[list[Any], list[Any] | None]:
+    """Keys and error classes from the head column; errors None when no call raised."""
+    if tuple not in set(map(type, heads)):
+        return heads, None
+    errors = [h[1] if type(h) is tuple else None for h in heads]
+    return [h[0] if type(h) is tuple else h for h in heads], errors
+
+
+def _trace_columns(spans: Any, links: list[Any]) -> tuple[pa.Array, pa.Array]:
+    """The trace and parent id columns from the span ids and the links.
+
+    Links are flat pairs, read in one pass by NumPy; a root's ``(0, 0)`` makes its
+    trace its own span id and its parent null.
+    """
+    import numpy as np
+
+    n = len(links)
+    if isinstance(spans, np.ndarray):
+        try:
+            pairs = np.fromiter(chain.from_iterable(links), dtype=np.int64, count=2 * n)
+        except (TypeError, ValueError):  # some links are None (events with no span)
+            pass
+        else:
+            pairs = pairs.reshape(n, 2)
+            parents = np.ascontiguousarray(pairs[:, 0])
+            root = parents == 0
+            if root.all():
+                return _arrow.int64(spans), _arrow.int64([None] * n)
+            traces = np.where(root, spans, pairs[:, 1])
+            return _arrow.int64(traces), _arrow.int64_valid(parents, ~root)
+    spans = spans.tolist() if isinstance(spans, np.ndarray) else spans
+    roots = [link is None or not link[0] for link in links]
+    return (
+        _arrow.int64([s if r else link[1] for s, link, r in zip(spans, links, roots, strict=True)]),
+        _arrow.int64([None if r else link[0] for link, r in zip(links, roots, strict=True)]),
+    )
 
 
 def _columns(batch: Sequence[tuple[Any, ...]], fields: Sequence[int]) -> list[list[Any]]:
