@@ -17,17 +17,23 @@ def test_demo_records_every_batch_from_every_worker(tmp_path):
     result = lapse_cli("demo", "--workers", "2", "--batches", "5", "--ramp", "20:40:20",
                        store=store, timeout=300)
     assert result.returncode == 0, result.stderr
+    # Whether a step meets the demo's p99 objective depends on the machine's load; the
+    # stress run's table and its stored events do not.
     for heading in ("lapse runs", "lapse tail", "lapse report", "lower hinge", "lapse stress",
-                    "knee"):
+                    "latency of successful requests"):
         assert heading in result.stdout
     rows = lapse.sql("select name, count(*) as n from events group by name", store).to_pylist()
     counts = {row["name"]: row["n"] for row in rows}
     stressed = counts.pop("client POST /predict")
-    assert stressed >= 100  # 2 s at 20/s, then 2 s at 40/s
+    # 2 s at 20/s, then 2 s at 40/s; a busy machine that misses the objective at the first
+    # step ends the ramp there.
+    steps = counts.pop("stress client POST /predict")
+    assert steps in (1, 2)
+    assert stressed >= 40 * steps, (steps, stressed)
     assert counts == {"demo.train": 1, "demo.load_model": 3,
                       "demo.predict_batch": 10 + 20 + stressed,
                       "demo.preprocess": 10 + 20 + stressed, "POST /predict": 20 + stressed,
-                      "GET /health": 1, "stress client POST /predict": 2}, (
+                      "GET /health": 1}, (
         result.stdout + result.stderr)
     runs = lapse.sql("select kind, count(distinct pid) as pids from runs group by kind "
                      "order by kind", store)
