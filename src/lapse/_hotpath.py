@@ -225,7 +225,8 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
             link = root
             ctx = [sid, sid, _captured(instrument, args, kwargs) if capture else None, None]
         else:
-            # The parent's link, made by its first child and shared by the others.
+            # The parent's link, made by its first child and shared by the others
+            # (_link_of, written out: a helper call would cost every nested call).
             link = parent[3]
             if link is None:
                 link = parent[3] = (parent[0], parent[1])

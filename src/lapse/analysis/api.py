@@ -51,8 +51,7 @@ def _selection(
     from lapse.analysis.selection import Selection
 
     selection = Selection(since=since, until=until, name=name, run=run, service=service,
-                          version=version,
-                          where=(where,) if isinstance(where, str) else tuple(where))
+                          version=version, where=where)
     selection.where_sql()  # fail now, naming what the user wrote
     return selection
 

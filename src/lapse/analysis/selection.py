@@ -82,6 +82,10 @@ class Selection:
     by: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        # One condition or grouping term may be given as a bare string.
+        for name in ("where", "by"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         for term in self.by:  # fail at construction, with the name the user typed
             column_sql(term)
 

@@ -129,7 +129,6 @@ def selection(args: argparse.Namespace, by: Sequence[str] = ()) -> Selection:
     if args.between:
         since, until = between(args.between)
     chosen = Selection(since=since, until=until, name=args.name, run=args.run,
-                       service=args.service, version=args.version, where=tuple(args.where),
-                       by=tuple(by))
+                       service=args.service, version=args.version, where=args.where, by=by)
     chosen.where_sql()
     return chosen

@@ -185,11 +185,8 @@ def report(
     ``where`` takes conditions such as ``"attrs.rows>=1000"`` or ``"status=error"``.
     ``engine="spark"`` computes the same report on Spark over the same segments.
     """
-    selection = Selection(
-        since=since, until=until, name=name, run=run, service=service, version=version,
-        where=[where] if isinstance(where, str) else tuple(where),
-        by=[by] if isinstance(by, str) else tuple(by),
-    )
+    selection = Selection(since=since, until=until, name=name, run=run, service=service,
+                          version=version, where=where, by=by)
     return Report(summary(selection, dir, progress=progress, engine=engine))
 
 
