@@ -11,6 +11,7 @@ from typing import Any
 from lapse.commands._common import (
     console,
     progress_bar,
+    selection,
     selection_options,
     stderr_console,
     store,
@@ -20,21 +21,16 @@ from lapse.commands._common import (
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Per event: calls, errors, throughput, five-number summary, percentiles, outliers."""
-    from lapse.analysis.selection import between
-    from lapse.reporting import report
+    from lapse.analysis.summary import summary
+    from lapse.reporting import Report
 
-    since, until = args.since, args.until
-    if args.between:
-        since, until = between(args.between)
+    chosen = selection(args, by=args.by)
     # Spark reads the store where --dir says, URIs included (s3a://, abfss://, file://).
     location = store(args) if args.engine == "duckdb" else (args.dir or store(args))
     with progress_bar("scanning events") as bar:
         task = bar.add_task("scanning events", total=1.0)
-        result = report(
-            location, by=args.by, since=since, until=until, name=args.name,
-            run=args.run, service=args.service, version=args.version, where=args.where,
-            progress=lambda done: bar.update(task, completed=done), engine=args.engine,
-        )
+        result = Report(summary(chosen, location, engine=args.engine,
+                                progress=lambda done: bar.update(task, completed=done)))
     if args.format == "table":
         text = None
     elif args.format == "html":
