@@ -316,6 +316,121 @@ def test_parallel_asyncio_tasks_nest_under_their_own_parent():
         assert row["parent_id"] is None
 
 
+def test_sync_calls_in_interleaved_tasks_nest_under_their_own_call():
+    """Tasks that share a context's current call still keep their own trees.
+
+    A call before ``asyncio.run`` gives the main context lapse's state, which every
+    task then inherits; spans held open across ``await`` in plain coroutines and
+    the sync calls inside them must not see one another's.
+    """
+
+    @lapse.timed("warm_up")
+    def warm_up():
+        pass
+
+    @lapse.timed("step", capture=["owner"])
+    def step(owner):
+        pass
+
+    @lapse.timed("handler", capture=["owner"])
+    async def handler(owner):
+        for _ in range(3):
+            step(owner)
+            await asyncio.sleep(0)
+
+    async def plain(owner):
+        with lapse.span("request") as request:
+            request.set(owner=owner)
+            for _ in range(3):
+                step(owner)
+                await asyncio.sleep(0.001 * (owner % 3))
+        await handler(owner)
+
+    async def main():
+        await asyncio.gather(*(plain(owner) for owner in range(6)))
+
+    warm_up()
+    asyncio.run(main())
+    rows = recorded()
+    requests = {json.loads(row["attrs"])["owner"]: row for row in rows
+                if row["name"] == "request"}
+    handlers = {json.loads(row["attrs"])["owner"]: row for row in rows
+                if row["name"] == "handler"}
+    steps = [row for row in rows if row["name"] == "step"]
+    assert len(requests) == len(handlers) == 6
+    assert len(steps) == 36
+    for owner, request in requests.items():
+        assert request["parent_id"] is None
+        mine = [row for row in steps if json.loads(row["attrs"])["owner"] == owner]
+        assert sorted(row["parent_id"] for row in mine) == (
+            [request["span_id"]] * 3 + [handlers[owner]["span_id"]] * 3)
+
+
+def test_threads_given_copies_of_one_context_nest_under_the_copied_call():
+    """A context copied into other threads (``asyncio.to_thread``, thread pools) nests their
+    calls under the call that copied it, each thread's tree its own, with its thread name."""
+    import contextvars
+
+    @lapse.timed("inner", capture=["i"])
+    def inner(i):
+        pass
+
+    @lapse.timed("outer", capture=["i"])
+    def outer(i):
+        for _ in range(300):
+            inner(i)
+
+    @lapse.timed("root")
+    def root():
+        copies = [contextvars.copy_context() for _ in range(4)]
+        threads = [threading.Thread(target=copy.run, args=(outer, i), name=f"copy-{i}")
+                   for i, copy in enumerate(copies)]
+        for thread in threads:
+            thread.start()
+        outer(9)  # the copying thread at the same time
+        for thread in threads:
+            thread.join()
+
+    root()
+    rows = recorded()
+    top = next(row for row in rows if row["name"] == "root")
+    outers = {json.loads(row["attrs"])["i"]: row for row in rows if row["name"] == "outer"}
+    assert sorted(outers) == [0, 1, 2, 3, 9]
+    for i, row in outers.items():
+        assert row["parent_id"] == top["span_id"]
+        assert row["trace_id"] == top["span_id"]
+        assert row["thread"] == ("MainThread" if i == 9 else f"copy-{i}")
+    inners = [row for row in rows if row["name"] == "inner"]
+    assert len(inners) == 5 * 300
+    for row in inners:
+        parent = outers[json.loads(row["attrs"])["i"]]
+        assert (row["parent_id"], row["trace_id"], row["thread"]) == (
+            parent["span_id"], top["span_id"], parent["thread"])
+
+
+def test_to_thread_calls_nest_under_the_awaiting_coroutine():
+    """``asyncio.to_thread`` (how frameworks run sync handlers) keeps the nesting."""
+
+    @lapse.timed("blocking")
+    def blocking():
+        time.sleep(0.001)
+
+    @lapse.timed("endpoint", capture=["owner"])
+    async def endpoint(owner):
+        await asyncio.to_thread(blocking)
+
+    async def main():
+        await asyncio.gather(*(endpoint(owner) for owner in range(4)))
+
+    asyncio.run(main())
+    rows = recorded()
+    endpoints = {row["span_id"] for row in rows if row["name"] == "endpoint"}
+    blocking_rows = [row for row in rows if row["name"] == "blocking"]
+    assert len(endpoints) == len(blocking_rows) == 4
+    assert {row["parent_id"] for row in blocking_rows} == endpoints
+    assert all(row["thread"] != "MainThread" for row in blocking_rows)
+
+
 def test_a_generators_consumer_is_not_nested_under_the_generator():
     """Calls the consumer makes between items belong to the consumer, not the generator."""
 

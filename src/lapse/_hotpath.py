@@ -2,18 +2,33 @@
 
 The sync wrapper is written out in full (each helper call would add ~60 ns);
 coroutines, generators, async generators and ``with`` blocks share ``_open``
-and ``_finish``. Nesting lives in a ``ContextVar`` holding the current call's
-``ctx = [span_id, trace_id, attrs, link]`` (plus the open span for ``with``
-blocks), so one instrument is safe across threads, asyncio tasks and recursion.
+and ``_finish``.
 
-An event refers to its parent through a *link*, ``(parent_span_id, trace_id)``:
-a root call stores the shared ``ROOT`` (its trace is its own span id); a child
-stores its parent's link, made once by the parent's first child and kept in
-the parent's ``ctx[3]``, so children of one call share one tuple and a child
-allocates nothing for it. The standard event is the 7-slot
-``(key, t0, duration, span_id, link, thread_name, caller_code)``, extended by
-``(attrs, debug_extra)`` only when there are attributes or debug detail; an
-exception replaces ``key`` by ``(key, error_class)`` (see
+Nesting. Each call's state is a ``ctx = [span_id, trace_id, attrs, link]``
+(plus the open span for ``with`` blocks). The innermost open call is kept in
+a *cell*, ``[ctx, thread_ident, thread_name, root_link]``, that a
+``ContextVar`` holds, so one instrument is safe across threads, asyncio tasks
+and recursion:
+
+- A sync call cannot be suspended, so it swaps its ctx into the cell and back
+  (two list stores) instead of setting and resetting the ``ContextVar``, whose
+  token and context copies cost three times as much.
+- Anything that can be suspended with a call open (a coroutine, a generator
+  step, a ``with`` block) sets a fresh cell of its own and resets it after, so
+  interleaved tasks never share one it changes.
+- A cell belongs to one thread: a context copied into another thread (as
+  ``asyncio.to_thread`` and Starlette's thread pool do) gets a cell of that
+  thread on its first call, nested under the copied call.
+
+An event says where it was called from through a *link*, ``(parent_span_id,
+trace_id, thread_name, caller_code)``: a root call's is ``(0, 0, thread,
+caller)`` (its trace is its own span id). Calls with the same parent, thread
+and caller share one link, made by the first of them and kept in the parent's
+``ctx[3]`` (a root's in the cell), so a call in a loop allocates nothing for
+it. The standard event is the 5-slot ``(key, t0, duration, span_id, link)``:
+80 bytes where the allocator rounds any tuple of 6 or 7 slots up to 96. It is
+extended by ``(attrs, debug_extra)`` only when there are attributes or debug
+detail; an exception replaces ``key`` by ``(key, error_class)`` (see
 ``lapse.store._segments`` for every shape).
 
 Buffered tuples hold only objects the garbage collector does not track (ints,
@@ -29,7 +44,7 @@ import functools
 import sys
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from itertools import count
 from time import perf_counter_ns, thread_time_ns
 from types import CodeType, FrameType
@@ -43,24 +58,82 @@ if TYPE_CHECKING:
 
 MAX_STACK_DEPTH = 64
 
+NEVER = 1 << 62
+"""The ``slow`` threshold of standard level: no call is slow enough for debug detail."""
+
 _current: ContextVar[list[Any] | None] = ContextVar("lapse_current", default=None)
 _user: ContextVar[object] = ContextVar("lapse_user", default=None)
 _ids = count(1)
 _getframe = sys._getframe
+_get_ident = threading.get_ident
 _current_thread = threading.current_thread
-_thread_names = threading.local()
-
-ROOT = (0, 0)
-"""The link of a root call: no parent (span ids start at 1), its trace is its own span id."""
+_threads = threading.local()
 
 
-def _link_of(parent: list[Any] | None) -> tuple[int, int]:
-    """The link a child of ``parent`` (a ctx, or None for a root call) buffers."""
+def _thread_state() -> list[Any]:
+    """This thread's ``[name, root link]``, the name looked up once per thread."""
+    try:
+        return _threads.state  # type: ignore[no-any-return]
+    except AttributeError:
+        name = _current_thread().name
+        state = _threads.state = [name, (0, 0, name, None)]
+        return state
+
+
+def _new_cell(ctx: list[Any] | None) -> list[Any]:
+    """A cell of this thread with ``ctx`` as its innermost open call."""
+    name, root = _thread_state()
+    return [ctx, _get_ident(), name, root]
+
+
+def _own_cell(cell: list[Any] | None) -> list[Any]:
+    """This thread's cell for the current context, made when it has none (or another's).
+
+    Set for good in the current context: a thread's own context, a task's, or a
+    context copied into this thread, which is dropped with it.
+    """
+    own = _new_cell(None if cell is None else cell[0])
+    _current.set(own)
+    return own
+
+
+def _current_call() -> list[Any] | None:
+    """The ctx of the innermost open call in this context, or None."""
+    cell = _current.get()
+    return None if cell is None else cell[0]
+
+
+def _enter(ctx: list[Any]) -> Token[list[Any] | None]:
+    """Make ``ctx`` the current call for code that may be suspended while it is open."""
+    return _current.set(_new_cell(ctx))
+
+
+def _reset(token: Token[list[Any] | None], ctx: list[Any] | None) -> None:
+    """Leave a call entered with ``_enter``, even when resumed in another context."""
+    try:
+        _current.reset(token)
+    except (ValueError, RuntimeError):
+        if _current_call() is ctx:
+            _current.set(None)
+
+
+def _link_of(parent: list[Any] | None, caller: CodeType | None) -> tuple[Any, ...]:
+    """The link of a call on this thread made by ``caller`` under ``parent`` (a ctx, or None).
+
+    Made once and reused while the caller stays the same: kept in the parent's
+    ``ctx[3]``, or for root calls in the thread's state (the sync wrapper keeps
+    its own in the cell).
+    """
+    state = _thread_state()
+    name = state[0]
     if parent is None:
-        return ROOT
+        link = state[1]
+        if link[3] is not caller:
+            link = state[1] = (0, 0, name, caller)
+        return link  # type: ignore[no-any-return]
     link = parent[3]
-    if link is None:
-        link = parent[3] = (parent[0], parent[1])
+    if link is None or link[3] is not caller or link[2] is not name:
+        link = parent[3] = (parent[0], parent[1], name, caller)
     return link  # type: ignore[no-any-return]
 
 
@@ -85,14 +158,12 @@ def _slow_of(instrument: Instrument) -> int | None:
 
 def _open(
     instrument: Instrument, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[list[Any], tuple[int, int]]:
-    """A new call's ``ctx`` and its link to its parent, for standard and debug levels."""
-    parent = _current.get()
+) -> tuple[list[Any], list[Any] | None]:
+    """A new call's ``ctx`` and its parent's (None for a root), for standard and debug levels."""
+    parent = _current_call()
     sid = next(_ids)
     attrs = _captured(instrument, args, kwargs) if instrument.capture else None
-    if parent is None:
-        return [sid, sid, attrs, None], ROOT
-    return [sid, parent[1], attrs, None], _link_of(parent)
+    return [sid, sid if parent is None else parent[1], attrs, None], parent
 
 
 def _captured(
@@ -104,14 +175,6 @@ def _captured(
         return None
 
 
-def _thread_name() -> str:
-    try:
-        return _thread_names.name  # type: ignore[no-any-return]
-    except AttributeError:
-        name = _thread_names.name = _current_thread().name
-        return name
-
-
 def _finish(  # noqa: PLR0917 - positional on purpose: called on every span's exit
     instrument: Instrument,
     level: int,
@@ -119,7 +182,7 @@ def _finish(  # noqa: PLR0917 - positional on purpose: called on every span's ex
     t1: int,
     error: type[BaseException] | None,
     ctx: list[Any] | None,
-    link: tuple[int, int] | None,
+    parent: list[Any] | None,
     cpu0: int,
     *,
     depth: int = 2,
@@ -134,13 +197,16 @@ def _finish(  # noqa: PLR0917 - positional on purpose: called on every span's ex
                 frame: FrameType | None = _getframe(depth)
             except ValueError:
                 frame = None
-            extra = None if level != DEBUG else _debug_detail(instrument, frame, t1 - t0, cpu0)
+            extra = None
+            if level == DEBUG:
+                slow = _slow_of(instrument)
+                if slow is None or t1 - t0 >= slow:
+                    extra = _debug_detail(frame, cpu0)
             head = instrument.key if error is None else (instrument.key, error)
-            attrs = ctx[2]
-            event = (head, t0, t1 - t0, ctx[0], link, _thread_name(),
-                     None if frame is None else frame.f_code)
-            if attrs is not None or extra is not None:
-                event += (attrs, extra)
+            link = _link_of(parent, None if frame is None else frame.f_code)
+            event = (head, t0, t1 - t0, ctx[0], link)
+            if ctx[2] is not None or extra is not None:
+                event += (ctx[2], extra)
         buffer = recorder.buffer
         if len(buffer) < recorder.capacity:
             buffer.append(event)
@@ -150,13 +216,8 @@ def _finish(  # noqa: PLR0917 - positional on purpose: called on every span's ex
         RECORDER.drop("internal")
 
 
-def _debug_detail(
-    instrument: Instrument, frame: FrameType | None, duration: int, cpu0: int
-) -> tuple[Any, ...] | None:
-    """Stack, user and CPU time of a debug-level call; None (standard detail) if under ``slow``."""
-    slow = _slow_of(instrument)
-    if slow is not None and duration < slow:
-        return None
+def _debug_detail(frame: FrameType | None, cpu0: int) -> tuple[Any, ...]:
+    """Stack, user and CPU time (when ``cpu0`` was read) of a debug-level call kept as slow."""
     cpu = thread_time_ns() - cpu0 if cpu0 else None
     return (_stack(frame), _user.get(), cpu)
 
@@ -186,13 +247,16 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
     append = buffer.append
     clock = perf_counter_ns
     current = _current
+    get_ident = _get_ident
     ids = _ids
-    names = _thread_names
     key = instrument.key
     override = instrument.level
-    own_slow = instrument.slow
     capture = bool(instrument.capture)
-    root = ROOT
+    # By level, the shortest call that keeps debug detail (None: the global `slow`).
+    # Standard and debug share one path, so a debug call under `slow` runs exactly
+    # the instructions a standard call does.
+    thresholds: list[int | None] = [NEVER] * (DEBUG + 1)
+    thresholds[DEBUG] = instrument.slow
 
     @functools.wraps(fn)
     def timed_function(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912, PLR0915
@@ -219,52 +283,19 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
                     recorder.drop()
         if level == OFF:
             return fn(*args, **kwargs)
-        parent = current.get()
+        cell = current.get()
+        if cell is None or cell[1] != get_ident():
+            cell = _own_cell(cell)
+        parent = cell[0]
         sid = next(ids)
-        if parent is None:
-            link = root
-            ctx = [sid, sid, _captured(instrument, args, kwargs) if capture else None, None]
-        else:
-            # The parent's link, made by its first child and shared by the others
-            # (_link_of, written out: a helper call would cost every nested call).
-            link = parent[3]
-            if link is None:
-                link = parent[3] = (parent[0], parent[1])
-            ctx = [sid, parent[1], _captured(instrument, args, kwargs) if capture else None,
-                   None]
-        token = current.set(ctx)
+        ctx = [sid, sid if parent is None else parent[1],
+               _captured(instrument, args, kwargs) if capture else None, None]
+        threshold = thresholds[level]
+        if threshold is None:
+            threshold = recorder.slow or 0
+        cpu0 = 0 if threshold else thread_time_ns()
+        cell[0] = ctx
         head: Any = key
-        if level != DEBUG:
-            t0 = clock()
-            try:
-                return fn(*args, **kwargs)
-            except BaseException as exc:
-                head = (key, type(exc))
-                raise
-            finally:
-                t1 = clock()
-                current.reset(token)
-                try:
-                    thread = names.name
-                except AttributeError:
-                    thread = _thread_name()
-                if len(buffer) < recorder.capacity:
-                    if ctx[2] is None:
-                        append((head, t0, t1 - t0, sid, link, thread, _getframe(1).f_code))
-                    else:
-                        append((head, t0, t1 - t0, sid, link, thread, _getframe(1).f_code,
-                                ctx[2], None))
-                else:
-                    recorder.drop()
-        # Debug: the detail is kept for calls lasting at least `threshold` ns, so a
-        # debug call under `slow` costs what a standard one does.
-        slow = recorder.slow if own_slow is None else own_slow
-        if slow is None:
-            threshold = 0
-            cpu0 = thread_time_ns()
-        else:
-            threshold = slow
-            cpu0 = 0
         t0 = clock()
         try:
             return fn(*args, **kwargs)
@@ -273,21 +304,24 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
             raise
         finally:
             t1 = clock()
-            current.reset(token)
-            try:
-                thread = names.name
-            except AttributeError:
-                thread = _thread_name()
-            frame = _getframe(1)
-            duration = t1 - t0
-            extra = None
-            if duration >= threshold:
-                extra = _debug_detail(instrument, frame, duration, cpu0)
+            cell[0] = parent
             if len(buffer) < recorder.capacity:
-                if ctx[2] is None and extra is None:
-                    append((head, t0, duration, sid, link, thread, frame.f_code))
+                # The link, reused while the caller stays the same (_link_of, written
+                # out): a root's is kept in the cell, a child's in its parent's ctx.
+                caller = _getframe(1).f_code
+                if parent is None:
+                    link = cell[3]
+                    if link[3] is not caller:
+                        link = cell[3] = (0, 0, cell[2], caller)
                 else:
-                    append((head, t0, duration, sid, link, thread, frame.f_code, ctx[2], extra))
+                    link = parent[3]
+                    if link is None or link[3] is not caller or link[2] is not cell[2]:
+                        link = parent[3] = (parent[0], parent[1], cell[2], caller)
+                if t1 - t0 < threshold and ctx[2] is None:
+                    append((head, t0, t1 - t0, sid, link))
+                else:
+                    extra = _debug_detail(_getframe(1), cpu0) if t1 - t0 >= threshold else None
+                    append((head, t0, t1 - t0, sid, link, ctx[2], extra))
             else:
                 recorder.drop()
 
@@ -300,8 +334,8 @@ def _wrap_coroutine(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
         level = _level_of(instrument)
         if level == OFF:
             return await fn(*args, **kwargs)
-        ctx, link = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
-        token = None if ctx is None else _current.set(ctx)
+        ctx, parent = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
+        token = None if ctx is None else _enter(ctx)
         error = None
         t0 = perf_counter_ns()
         try:
@@ -313,7 +347,7 @@ def _wrap_coroutine(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
             t1 = perf_counter_ns()
             if token is not None:
                 _reset(token, ctx)
-            _finish(instrument, level, t0, t1, error, ctx, link, 0)
+            _finish(instrument, level, t0, t1, error, ctx, parent, 0)
 
     return timed_coroutine
 
@@ -325,12 +359,12 @@ def _wrap_generator(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
         if level == OFF:
             return (yield from fn(*args, **kwargs))
         inner = fn(*args, **kwargs)
-        ctx, link = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
+        ctx, parent = (None, None) if level == MINIMAL else _open(instrument, args, kwargs)
         error = None
         t0 = perf_counter_ns()
-        # What the body sees as current: its own span, or a span it left open
-        # across a `yield` (`with lapse.span(...)` around a `yield`).
-        inside = ctx
+        # What the body sees as current: a cell with its own span, or with a
+        # span it left open across a `yield` (`with lapse.span(...)` around it).
+        inside = None if ctx is None else _new_cell(ctx)
         try:
             sent: Any = None
             thrown: BaseException | None = None
@@ -345,7 +379,7 @@ def _wrap_generator(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
                 finally:
                     if token is not None:
                         inside = _current.get()
-                        _reset(token, inside)
+                        _reset(token, None if inside is None else inside[0])
                 thrown = None
                 try:
                     sent = yield item
@@ -360,7 +394,7 @@ def _wrap_generator(instrument: Instrument, fn: Callable[..., Any]) -> Callable[
             error = type(exc)
             raise
         finally:
-            _finish(instrument, level, t0, perf_counter_ns(), error, ctx, link, 0)
+            _finish(instrument, level, t0, perf_counter_ns(), error, ctx, parent, 0)
 
     return timed_generator
 
@@ -373,10 +407,10 @@ def _wrap_async_generator(instrument: Instrument, fn: Callable[..., Any]) -> Cal
         # is passed on by hand: `async for` would drop sent values.
         level = _level_of(instrument)
         inner = fn(*args, **kwargs)
-        ctx, link = (None, None) if level <= MINIMAL else _open(instrument, args, kwargs)
+        ctx, parent = (None, None) if level <= MINIMAL else _open(instrument, args, kwargs)
         error = None
         t0 = perf_counter_ns()
-        inside = ctx
+        inside = None if ctx is None else _new_cell(ctx)
         try:
             sent: Any = None
             thrown: BaseException | None = None
@@ -392,7 +426,7 @@ def _wrap_async_generator(instrument: Instrument, fn: Callable[..., Any]) -> Cal
                 finally:
                     if token is not None:
                         inside = _current.get()
-                        _reset(token, inside)
+                        _reset(token, None if inside is None else inside[0])
                 thrown = None
                 try:
                     sent = yield item
@@ -408,15 +442,7 @@ def _wrap_async_generator(instrument: Instrument, fn: Callable[..., Any]) -> Cal
             raise
         finally:
             if level != OFF:
-                _finish(instrument, level, t0, perf_counter_ns(), error, ctx, link, 0)
+                _finish(instrument, level, t0, perf_counter_ns(), error, ctx, parent, 0)
 
     return timed_async_generator
 
-
-def _reset(token: Any, ctx: list[Any] | None) -> None:
-    """Leave a span, even when resumed in another context than the one it opened in."""
-    try:
-        _current.reset(token)
-    except (ValueError, RuntimeError):
-        if _current.get() is ctx:
-            _current.set(None)

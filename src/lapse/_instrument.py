@@ -5,9 +5,9 @@ One ``Instrument`` object is a decorator (``@timed``, ``@timed(...)``,
 runs on each call lives in ``lapse._hotpath``.
 
 Cost rules: at ``minimal`` level a call costs two clock reads and one tuple
-append; at ``standard`` it adds an id, the ``ContextVar`` set/reset, the
-calling frame's code object and the thread's name. Names, JSON, wall-clock
-conversion and redaction happen later in the writer. Nothing here raises into
+append; at ``standard`` it adds an id, a swap of the current call (see
+``lapse._hotpath``) and the calling frame's code object. Names, JSON,
+wall-clock conversion and redaction happen later in the writer. Nothing here raises into
 user code: an internal failure drops the event and counts it.
 
 Timing semantics: a sync function is timed from call to return; an ``async
@@ -28,10 +28,11 @@ from lapse._config import DEBUG, OFF, parse_duration_ns, parse_level
 from lapse._errors import ConfigError
 from lapse._hotpath import (
     _current,
+    _current_call,
+    _enter,
     _finish,
     _ids,
     _level_of,
-    _link_of,
     _reset,
     _slow_of,
     _user,
@@ -139,11 +140,11 @@ class Instrument:
             active.level = level
             if level == OFF:
                 return active
-            parent = _current.get()
+            parent = _current_call()
             sid = next(_ids)
             active.ctx = [sid, sid if parent is None else parent[1], None, None, active]
-            active.link = _link_of(parent)
-            active.token = _current.set(active.ctx)
+            active.parent = parent
+            active.token = _enter(active.ctx)
             if level == DEBUG and _slow_of(self) is None:
                 active.cpu0 = thread_time_ns()
         except Exception:  # noqa: BLE001 - never raise into user code
@@ -173,25 +174,25 @@ class Instrument:
 
     def _close(self, t1: int, exc_type: type[BaseException] | None) -> None:
         """Record the innermost open block of this instrument (the caller is 3 frames up)."""
-        current = _current.get()
+        current = _current_call()
         if current is None or len(current) < 5 or current[4].instrument is not self:
             return  # off, or the enter failed: nothing to record
         active: ActiveSpan = current[4]
         _reset(active.token, current)
-        _finish(self, active.level, active.t0, t1, exc_type, active.ctx, active.link,
+        _finish(self, active.level, active.t0, t1, exc_type, active.ctx, active.parent,
                 active.cpu0, depth=3)
 
 
 class ActiveSpan:
     """One open ``with lapse.span(...)`` block; ``set()`` adds attributes to it."""
 
-    __slots__ = ("cpu0", "ctx", "instrument", "level", "link", "t0", "token")
+    __slots__ = ("cpu0", "ctx", "instrument", "level", "parent", "t0", "token")
 
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
         self.level = OFF
         self.ctx: list[Any] | None = None
-        self.link: tuple[int, int] | None = None
+        self.parent: list[Any] | None = None
         self.token: Any = None
         self.t0 = 0
         self.cpu0 = 0
@@ -309,7 +310,7 @@ def span(
 
 def set(**attrs: Any) -> None:  # noqa: A001 - `lapse.set(rows=n)` reads as intended
     """Add attributes to the innermost call being measured (no-op outside one)."""
-    ctx = _current.get()
+    ctx = _current_call()
     if ctx is not None:
         ctx[2] = {**ctx[2], **attrs} if ctx[2] else attrs
 

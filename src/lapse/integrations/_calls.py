@@ -15,7 +15,7 @@ from types import CodeType
 from typing import Any
 
 from lapse._config import DEBUG, MINIMAL, OFF
-from lapse._hotpath import _current, _ids, _level_of, _link_of, _reset, _user
+from lapse._hotpath import _current_call, _enter, _ids, _level_of, _link_of, _reset, _user
 from lapse._instrument import INSTRUMENTS, Instrument
 from lapse._recorder import RECORDER
 
@@ -54,14 +54,14 @@ def error_type(name: str) -> type[BaseException]:
 
 
 class Call:
-    """One open call: its level, ``ctx`` (span id, trace id, attributes, link), link and start."""
+    """One open call: its level, ``ctx`` (span id, trace id, attributes, link), parent and start."""
 
-    __slots__ = ("ctx", "level", "link", "t0", "token")
+    __slots__ = ("ctx", "level", "parent", "t0", "token")
 
     def __init__(self, level: int) -> None:
         self.level = level
         self.ctx: list[Any] | None = None
-        self.link: tuple[int, int] | None = None
+        self.parent: list[Any] | None = None
         self.token: Any = None
         self.t0 = 0
 
@@ -89,12 +89,12 @@ def begin(*, parent: list[Any] | None = None, current: bool = True) -> Call | No
             return None
         call = Call(level)
         if level != MINIMAL:
-            outer = _current.get() if parent is None else parent
+            outer = _current_call() if parent is None else parent
             sid = next(_ids)
             call.ctx = [sid, sid if outer is None else outer[1], None, None]
-            call.link = _link_of(outer)
+            call.parent = outer
             if current:
-                call.token = _current.set(call.ctx)
+                call.token = _enter(call.ctx)
         call.t0 = perf_counter_ns()
         return call
     except Exception:  # noqa: BLE001 - never raise into the application
@@ -126,10 +126,9 @@ def end(
             event: tuple[Any, ...] = (instrument.key, start, t1 - start, error)
         else:
             merged = {**ctx[2], **attrs} if ctx[2] and attrs else (attrs or ctx[2])
-            thread = threading.current_thread().name
             extra = (None, _user.get(), None) if call.level == DEBUG else None
             head = instrument.key if error is None else (instrument.key, error)
-            event = (head, start, t1 - start, ctx[0], call.link, thread, caller)
+            event = (head, start, t1 - start, ctx[0], _link_of(call.parent, caller))
             if merged is not None or extra is not None:
                 event += (merged, extra)
         if len(RECORDER.buffer) < RECORDER.capacity:

@@ -38,7 +38,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
-from lapse._hotpath import _current
+from lapse._hotpath import _current_call
 from lapse.integrations._calls import Call, begin, end, error_type, instrument_for
 
 _KINDS = {SpanKind.SERVER: "request", SpanKind.CLIENT: "client", SpanKind.PRODUCER: "producer",
@@ -65,7 +65,7 @@ class LapseSpanProcessor(SpanProcessor):
                 known = self._open.get((parent.trace_id, parent.span_id))
             if known is not None:
                 outer = known.ctx
-                inner = _current.get()
+                inner = _current_call()
                 if inner is not None and outer is not None and inner[1] == outer[1]:
                     outer = inner  # a lapse call inside the parent span is closer still
         call = begin(parent=outer, current=self.nest)

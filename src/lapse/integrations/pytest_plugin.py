@@ -136,23 +136,20 @@ class LapsePlugin:
 
     def _phase(self, item: pytest.Item, when: str) -> Generator[None, Any, Any]:
         """Time one phase; lapse events made inside it are its children."""
-        from lapse._hotpath import _current, _ids
+        from lapse._hotpath import _enter, _ids, _reset
         from lapse._recorder import RECORDER
 
         if RECORDER.run_kind != "test":  # the tests called lapse.reset()
             RECORDER.set_run_kind("test")
         sid = next(_ids)
         ctx: list[Any] = [sid, sid, None, None]
-        token = _current.set(ctx)
+        token = _enter(ctx)
         t0 = perf_counter_ns()
         try:
             return (yield)
         finally:
             t1 = perf_counter_ns()
-            try:
-                _current.reset(token)
-            except ValueError:  # reset in another context (a test switched contexts)
-                _current.set(None)
+            _reset(token, ctx)  # even in another context (a test switched contexts)
             self.phases[(item.nodeid, when)] = (sid, t0, t1)
             if ctx[2]:
                 self.phases_attrs[(item.nodeid, when)] = dict(ctx[2])
@@ -187,11 +184,11 @@ class LapsePlugin:
             if self.worker:
                 attrs["worker"] = self.worker
             error = call.excinfo.type if report.failed and call.excinfo is not None else None
-            from lapse._hotpath import ROOT
+            from lapse._hotpath import _link_of
 
             instrument = self._instrument(item.nodeid, "test")
             head = instrument if error is None else (instrument, error)
-            self.append((head, t0, t1 - t0, sid, ROOT, "MainThread", None, attrs, None))
+            self.append((head, t0, t1 - t0, sid, _link_of(None, None), attrs, None))
         return report
 
     def _instrument(self, name: str, kind: str) -> Any:
@@ -384,15 +381,15 @@ class Bench:
         return result
 
     def _store(self, name: str, loops: int, rounds: list[tuple[int, int]]) -> None:
-        from lapse._hotpath import _current, _ids, _link_of
+        from lapse._hotpath import _current_call, _ids, _link_of
 
         plugin = self.plugin
         assert plugin is not None
         instrument = plugin._instrument(name, "bench")
-        link = _link_of(_current.get())
+        link = _link_of(_current_call(), None)
         for t0, total in rounds:
-            plugin.append((instrument, t0, round(total / loops), next(_ids), link, "MainThread",
-                           None, {"test_run": plugin.test_run, "loops": loops}, None))
+            plugin.append((instrument, t0, round(total / loops), next(_ids), link,
+                           {"test_run": plugin.test_run, "loops": loops}, None))
 
 
 @pytest.fixture

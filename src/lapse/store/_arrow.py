@@ -100,21 +100,25 @@ def strings(values: Sequence[str | None]) -> pa.Array:
     return pa.DictionaryArray.from_arrays(index, dictionary).cast(pa.string())
 
 
-def by_identity(values: Sequence[Any], label: Callable[[Any], str | None]) -> pa.Array:
+def by_identity(
+    values: Sequence[Any], label: Callable[[Any], str | None], *, index: Any = None
+) -> pa.Array:
     """A string column for values that repeat as the same objects (instruments, code, names).
 
     Distinct objects are found by ``id()`` with NumPy, so ``label`` runs once per
     distinct object and nothing is hashed per event; equal values held by
-    different objects merely repeat in the dictionary.
+    different objects merely repeat in the dictionary. With ``index`` (a NumPy
+    array of positions in ``values``) the column is ``values[index]``.
     """
     import numpy as np
 
     n = len(values)
     ids = np.fromiter(map(id, values), dtype=np.uint64, count=n)
     if n and ids.min() == ids.max():  # one object throughout (one thread, one caller)
-        return constant(label(values[0]), n)
+        return constant(label(values[0]), n if index is None else len(index))
     _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    return by_code(inverse, [label(values[i]) for i in first])
+    return by_code(inverse if index is None else inverse[index],
+                   [label(values[i]) for i in first])
 
 
 def by_code(codes: Any, labels: Sequence[str | None]) -> pa.Array:

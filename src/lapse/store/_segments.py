@@ -3,18 +3,18 @@
 The hot path appends one of three tuple shapes (see ``lapse._hotpath``)::
 
     minimal:           (key, t0, duration, error_class)
-    standard:          (head, t0, duration, span_id, link, thread_name, caller_code)
+    standard:          (head, t0, duration, span_id, link)
     with attributes or debug detail:
-                       (head, t0, duration, span_id, link, thread_name, caller_code,
-                        attrs, debug_extra)
+                       (head, t0, duration, span_id, link, attrs, debug_extra)
 
 told apart by their length. ``key`` is an index into
 ``lapse._instrument.INSTRUMENTS`` (or, for a ``with`` block, the Instrument
 itself); ``head`` is the key, or ``(key, error_class)`` for a call that raised,
-so a call that returns stores no error slot. ``link`` is the parent's
-``(parent_span_id, trace_id)``, one tuple shared by the children of a parent,
-or ``ROOT`` ``(0, 0)`` for a root call, whose trace is its own span id (None
-in both ``span_id`` and ``link``: an event with no span, from an integration).
+so a call that returns stores no error slot. ``link`` is
+``(parent_span_id, trace_id, thread_name, caller_code)``, one tuple shared by
+the calls with the same parent, thread and caller; a root call's parent is 0
+and its trace is its own span id (None in both ``span_id`` and ``link``: an
+event with no span, from an integration).
 ``t0`` is ``perf_counter_ns()`` and ``debug_extra`` is None at standard level,
 else ``(stack, user, cpu_ns)``.
 Everything costly (names, JSON, wall-clock conversion, redaction,
@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from itertools import chain, repeat
+from itertools import repeat
 from operator import add, itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -122,27 +122,23 @@ _NO_DETAIL = (None, None)
 
 
 def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
-    heads, links, threads, callers = _columns(batch, (0, 4, 5, 6))
+    heads, links = _columns(batch, (0, 4))
     n = len(batch)
     keys, errors = _unfold_errors(heads)
     spans = _ints(batch, 3)
-    traces, parents = _trace_columns(spans, links)
-    long = list(map(len, batch)).count(9)
+    link_columns = _link_columns(spans, links)
+    long = list(map(len, batch)).count(7)
     if long == n:
-        attrs, extras = _columns(batch, (7, 8))
+        attrs, extras = _columns(batch, (5, 6))
     elif long:  # padded with (None, None), a short tuple's attrs and extra read as None
         attrs, extras = (list(map(itemgetter(i), map(add, batch, repeat(_NO_DETAIL))))
-                         for i in (7, 8))
+                         for i in (5, 6))
     else:
         attrs = extras = [None] * n
     columns = _common_columns(keys, _ints(batch, 1), _ints(batch, 2), errors, offset)
     columns["run_id"] = _arrow.constant(run.run_id, n)
     columns["span_id"] = _arrow.int64(spans)
-    columns["trace_id"] = traces
-    columns["parent_id"] = parents
-    columns["thread"] = _arrow.by_identity(threads, lambda name: name)
-    columns["caller"] = _arrow.by_identity(
-        callers, lambda code: None if code is None else _capture.code_name(code))
+    columns.update(link_columns)
     if attrs.count(None) < n or any(i.attrs for i in _instruments(list(set(keys)))):
         columns["attrs"] = _arrow.strings(_attrs_column(_instruments(keys), attrs))
     if extras.count(None) == n:
@@ -169,34 +165,41 @@ def _unfold_errors(heads: list[Any]) -> tuple[list[Any], list[Any] | None]:
     return [h[0] if type(h) is tuple else h for h in heads], errors
 
 
-def _trace_columns(spans: Any, links: list[Any]) -> tuple[pa.Array, pa.Array]:
-    """The trace and parent id columns from the span ids and the links.
+def _link_columns(spans: Any, links: list[Any]) -> dict[str, pa.Array]:
+    """The trace, parent, thread and caller columns from the span ids and the links.
 
-    Links are flat pairs, read in one pass by NumPy; a root's ``(0, 0)`` makes its
-    trace its own span id and its parent null.
+    Links repeat as the same objects (calls with one parent, thread and caller
+    share one), so each distinct link is read once, found by ``id()`` with
+    NumPy. A root's parent 0 makes its trace its own span id and its parent
+    null; a ``None`` link (no span) leaves every column null.
     """
     import numpy as np
 
     n = len(links)
+    ids = np.fromiter(map(id, links), dtype=np.uint64, count=n)
+    if n and ids.min() == ids.max():  # one link throughout (a loop of root calls)
+        distinct, inverse = links[:1], np.zeros(n, dtype=np.intp)
+    else:
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        distinct = [links[i] for i in first.tolist()]
+    known = [(0, 0, None, None) if link is None else link for link in distinct]
+    parents = np.array([link[0] for link in known], dtype=np.int64)[inverse]
+    root = parents == 0
+    trace_of = np.array([link[1] for link in known], dtype=np.int64)[inverse]
     if isinstance(spans, np.ndarray):
-        try:
-            pairs = np.fromiter(chain.from_iterable(links), dtype=np.int64, count=2 * n)
-        except (TypeError, ValueError):  # some links are None (events with no span)
-            pass
-        else:
-            pairs = pairs.reshape(n, 2)
-            parents = np.ascontiguousarray(pairs[:, 0])
-            root = parents == 0
-            if root.all():
-                return _arrow.int64(spans), _arrow.int64([None] * n)
-            traces = np.where(root, spans, pairs[:, 1])
-            return _arrow.int64(traces), _arrow.int64_valid(parents, ~root)
-    spans = spans.tolist() if isinstance(spans, np.ndarray) else spans
-    roots = [link is None or not link[0] for link in links]
-    return (
-        _arrow.int64([s if r else link[1] for s, link, r in zip(spans, links, roots, strict=True)]),
-        _arrow.int64([None if r else link[0] for link, r in zip(links, roots, strict=True)]),
-    )
+        traces = _arrow.int64(np.where(root, spans, trace_of))
+    else:  # some events have no span: their trace is null
+        traces = _arrow.int64([s if r else t for s, r, t in zip(
+            spans, root.tolist(), trace_of.tolist(), strict=True)])
+    return {
+        "trace_id": traces,
+        "parent_id": _arrow.int64_valid(parents, ~root),
+        "thread": _arrow.by_identity([link[2] for link in known], lambda name: name,
+                                     index=inverse),
+        "caller": _arrow.by_identity(
+            [link[3] for link in known],
+            lambda code: None if code is None else _capture.code_name(code), index=inverse),
+    }
 
 
 def _columns(batch: Sequence[tuple[Any, ...]], fields: Sequence[int]) -> list[list[Any]]:

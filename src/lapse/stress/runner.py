@@ -142,7 +142,7 @@ class _Recording:
             error = None if code == 0 else self.error_class(code, errors[code][0])
             if lateness >= LATE_NS:  # the standard shape, with no span
                 append((key if error is None else (key, error), start, duration, None, None,
-                        None, None, {"late_ns": lateness}, None))
+                        {"late_ns": lateness}, None))
             else:
                 append((key, start, duration, error))
         self._buffer(events)
@@ -150,8 +150,7 @@ class _Recording:
     def add_summary(self, start_ns: int, duration_ns: int, attrs: dict[str, Any]) -> None:
         """One ``stress`` event for a step: its window and its figures in ``attrs``."""
         if self.enabled:
-            self._buffer([(self.summary_key, start_ns, duration_ns, None, None, None, None, attrs,
-                           None)])
+            self._buffer([(self.summary_key, start_ns, duration_ns, None, None, attrs, None)])
 
     def _buffer(self, events: list[tuple[Any, ...]]) -> None:
         recorder = self.recorder
