@@ -51,7 +51,7 @@ from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
 from lapse._config import DEBUG, MINIMAL, OFF
-from lapse._recorder import RECORDER
+from lapse._recorder import GLOBAL, RECORDER
 
 if TYPE_CHECKING:
     from lapse._instrument import Instrument
@@ -191,7 +191,9 @@ def _finish(  # noqa: PLR0917 - positional on purpose: called on every span's ex
     try:
         recorder = RECORDER
         if level == MINIMAL or ctx is None:
-            event: tuple[Any, ...] = (instrument.key, t0, t1 - t0, error)
+            event: tuple[Any, ...] = (
+                (instrument.key, t0, t1 - t0) if error is None else
+                (instrument.key, t0, t1 - t0, error))
         else:
             try:
                 frame: FrameType | None = _getframe(depth)
@@ -250,7 +252,7 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
     get_ident = _get_ident
     ids = _ids
     key = instrument.key
-    override = instrument.level
+    slot = GLOBAL if instrument.level is None else instrument.level
     capture = bool(instrument.capture)
     # By level, the shortest call that keeps debug detail (None: the global `slow`).
     # Standard and debug share one path, so a debug call under `slow` runs exactly
@@ -260,28 +262,29 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
 
     @functools.wraps(fn)
     def timed_function(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912, PLR0915
-        level = recorder.level
-        if level <= 0 and (level == OFF or recorder.activate() == OFF):
-            return fn(*args, **kwargs)
-        if override is not None:
-            level = override
-        elif level <= 0:
-            level = recorder.level
+        level = recorder.levels[slot]
+        if level <= 0:
+            if level == OFF or recorder.activate() == OFF:
+                return fn(*args, **kwargs)
+            level = recorder.levels[slot]
         if level == MINIMAL:
-            error = None
             t0 = clock()
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except BaseException as exc:
-                error = type(exc)
-                raise
-            finally:
                 t1 = clock()
                 if len(buffer) < recorder.capacity:
-                    append((key, t0, t1 - t0, error))
+                    append((key, t0, t1 - t0, type(exc)))
                 else:
                     recorder.drop()
-        if level == OFF:
+                raise
+            t1 = clock()
+            if len(buffer) < recorder.capacity:
+                append((key, t0, t1 - t0))
+            else:
+                recorder.drop()
+            return result
+        if level <= 0:  # this function is off (or lapse was reset meanwhile)
             return fn(*args, **kwargs)
         cell = current.get()
         if cell is None or cell[1] != get_ident():

@@ -24,7 +24,7 @@ from collections import deque
 from itertools import repeat, starmap
 from typing import Any
 
-from lapse._config import OFF, Settings, resolve
+from lapse._config import DEBUG, OFF, Settings, resolve
 
 
 def _logger() -> Any:
@@ -36,6 +36,9 @@ def _logger() -> Any:
 
 UNSTARTED = -1
 """``Recorder.level`` before the writer runs in this process: the next call starts it."""
+
+GLOBAL = DEBUG + 1
+"""The index in ``Recorder.levels`` of a function with no level of its own."""
 
 DROP_REASONS = ("buffer_full", "write_error", "internal")
 
@@ -77,6 +80,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.buffer: deque[tuple[Any, ...]] = deque()
+        self.levels: tuple[int, ...] = (UNSTARTED,) * (GLOBAL + 1)
         self.level = UNSTARTED
         self.capacity = 1_000_000
         self.slow: int | None = None
@@ -96,6 +100,17 @@ class Recorder:
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._count_lock = threading.Lock()
+
+    @property
+    def level(self) -> int:
+        """The global level: ``UNSTARTED`` until the first call starts the writer, or ``OFF``."""
+        return self.levels[GLOBAL]
+
+    @level.setter
+    def level(self, level: int) -> None:
+        # What a function recording at level k (or at the global level) records at: its own
+        # level while lapse runs, else OFF or UNSTARTED (a global off is a kill switch).
+        self.levels = (*(k if level > 0 else level for k in range(GLOBAL)), level)
 
     # -- hot-path helpers (called by instrumented code; never raise) ---------
 

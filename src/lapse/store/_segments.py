@@ -2,7 +2,7 @@
 
 The hot path appends one of three tuple shapes (see ``lapse._hotpath``)::
 
-    minimal:           (key, t0, duration, error_class)
+    minimal:           (key, t0, duration), or (key, t0, duration, error_class)
     standard:          (head, t0, duration, span_id, link)
     with attributes or debug detail:
                        (head, t0, duration, span_id, link, attrs, debug_extra)
@@ -67,12 +67,12 @@ def encode_events(batch: Sequence[tuple[Any, ...]], run: Run) -> pa.Table:
     # so each flush corrects for any drift between the two clocks.
     offset = time.time_ns() - time.perf_counter_ns()
     widths = list(map(len, batch))
-    narrow = widths.count(4)
+    narrow = widths.count(3) + widths.count(4)
     if narrow in (0, len(batch)):  # one level throughout, the usual case: no split
         minimal, detailed = (list(batch), []) if narrow else ([], list(batch))
     else:
-        minimal = [event for event in batch if len(event) == 4]
-        detailed = [event for event in batch if len(event) != 4]
+        minimal = [event for event in batch if len(event) <= 4]
+        detailed = [event for event in batch if len(event) > 4]
     tables = []
     if minimal:
         tables.append(_encode_minimal(minimal, run, offset))
@@ -109,16 +109,24 @@ def _common_columns(
     }
 
 
+_NO_ERROR = (None,)
+_NO_DETAIL = (None, None)
+
+
 def _encode_minimal(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
-    keys, errors = _columns(batch, (0, 3))
+    (keys,) = _columns(batch, (0,))
+    failed = list(map(len, batch)).count(4)
+    if not failed:  # no call raised: no error slot in any event
+        errors = None
+    elif failed == len(batch):
+        (errors,) = _columns(batch, (3,))
+    else:  # padded with None, a 3-slot event's error reads as None
+        errors = list(map(itemgetter(3), map(add, batch, repeat(_NO_ERROR))))
     columns = _common_columns(keys, _ints(batch, 1), _ints(batch, 2), errors, offset)
     n = len(batch)
     columns["level"] = _arrow.constant("minimal", n)
     columns["run_id"] = _arrow.constant(run.run_id, n)
     return _table(columns, n)
-
-
-_NO_DETAIL = (None, None)
 
 
 def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
