@@ -20,6 +20,12 @@ and recursion:
   ``asyncio.to_thread`` and Starlette's thread pool do) gets a cell of that
   thread on its first call, nested under the copied call.
 
+Two consequences, both harmless to the counts: a task created inside a sync
+call nests under the innermost call that could be suspended (its coroutine or
+``with`` block), not under that sync call, which has ended by the time the task
+runs; and where tasks run inside a sync call (``nest_asyncio``), their calls
+nest under it.
+
 An event says where it was called from through a *link*, ``(parent_span_id,
 trace_id, thread_name, caller_code)``: a root call's is ``(0, 0, thread,
 caller)`` (its trace is its own span id). Calls with the same parent, thread
