@@ -11,8 +11,8 @@ a *cell*, ``[ctx, thread_ident, thread_name, root_link]``, that a
 and recursion:
 
 - A sync call cannot be suspended, so it swaps its ctx into the cell and back
-  (two list stores) instead of setting and resetting the ``ContextVar``, whose
-  token and context copies cost three times as much.
+  (two list stores) instead of setting and resetting the ``ContextVar``, which
+  makes a token and a new context each time.
 - Anything that can be suspended with a call open (a coroutine, a generator
   step, a ``with`` block) sets a fresh cell of its own and resets it after, so
   interleaved tasks never share one it changes.
@@ -143,19 +143,22 @@ def _link_of(parent: list[Any] | None, caller: CodeType | None) -> tuple[Any, ..
     return link  # type: ignore[no-any-return]
 
 
+def _slot_of(instrument: Instrument) -> int:
+    """The instrument's entry in ``Recorder.levels``: its own level, or the global one."""
+    return GLOBAL if instrument.level is None else instrument.level
+
+
 def _level_of(instrument: Instrument) -> int:
-    """The level to record a call at: the global level (started if need be), then the override.
+    """The level to record a call at (starting the writer if need be), from the level table.
 
     A global ``off`` is a kill switch that wins over per-function levels.
     """
-    level = RECORDER.level
-    if level <= 0:
-        if level == OFF:
-            return OFF
-        level = RECORDER.activate()
-        if level == OFF:
-            return OFF
-    return level if instrument.level is None else instrument.level
+    slot = _slot_of(instrument)
+    level = RECORDER.levels[slot]
+    if level < OFF:  # unstarted: this call starts the writer
+        RECORDER.activate()
+        level = RECORDER.levels[slot]
+    return level if level > OFF else OFF
 
 
 def _slow_of(instrument: Instrument) -> int | None:
@@ -258,7 +261,7 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
     get_ident = _get_ident
     ids = _ids
     key = instrument.key
-    slot = GLOBAL if instrument.level is None else instrument.level
+    slot = _slot_of(instrument)
     capture = bool(instrument.capture)
     # By level, the shortest call that keeps debug detail (None: the global `slow`).
     # Standard and debug share one path, so a debug call under `slow` runs exactly
@@ -317,7 +320,8 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
             if len(buffer) < recorder.capacity:
                 # The link, reused while the caller stays the same (_link_of, written
                 # out): a root's is kept in the cell, a child's in its parent's ctx.
-                caller = _getframe(1).f_code
+                frame = _getframe(1)
+                caller = frame.f_code
                 if parent is None:
                     link = cell[3]
                     if link[3] is not caller:
@@ -329,7 +333,7 @@ def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see 
                 if t1 - t0 < threshold and ctx[2] is None:
                     append((head, t0, t1 - t0, sid, link))
                 else:
-                    extra = _debug_detail(_getframe(1), cpu0) if t1 - t0 >= threshold else None
+                    extra = _debug_detail(frame, cpu0) if t1 - t0 >= threshold else None
                     append((head, t0, t1 - t0, sid, link, ctx[2], extra))
             else:
                 recorder.drop()
