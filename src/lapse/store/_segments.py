@@ -109,19 +109,10 @@ def _common_columns(
     }
 
 
-_NO_ERROR = (None,)
-_NO_DETAIL = (None, None)
-
-
 def _encode_minimal(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.Table:
     (keys,) = _columns(batch, (0,))
-    failed = list(map(len, batch)).count(4)
-    if not failed:  # no call raised: no error slot in any event
-        errors = None
-    elif failed == len(batch):
-        (errors,) = _columns(batch, (3,))
-    else:  # padded with None, a 3-slot event's error reads as None
-        errors = list(map(itemgetter(3), map(add, batch, repeat(_NO_ERROR))))
+    failed = _trailing_columns(batch, (3,))  # the error slot of calls that raised
+    errors = None if failed is None else failed[0]
     columns = _common_columns(keys, _ints(batch, 1), _ints(batch, 2), errors, offset)
     n = len(batch)
     columns["level"] = _arrow.constant("minimal", n)
@@ -135,14 +126,7 @@ def _encode_detailed(batch: list[tuple[Any, ...]], run: Run, offset: int) -> pa.
     keys, errors = _unfold_errors(heads)
     spans = _ints(batch, 3)
     link_columns = _link_columns(spans, links)
-    long = list(map(len, batch)).count(7)
-    if long == n:
-        attrs, extras = _columns(batch, (5, 6))
-    elif long:  # padded with (None, None), a short tuple's attrs and extra read as None
-        attrs, extras = (list(map(itemgetter(i), map(add, batch, repeat(_NO_DETAIL))))
-                         for i in (5, 6))
-    else:
-        attrs = extras = [None] * n
+    attrs, extras = _trailing_columns(batch, (5, 6)) or ([None] * n, [None] * n)
     columns = _common_columns(keys, _ints(batch, 1), _ints(batch, 2), errors, offset)
     columns["run_id"] = _arrow.constant(run.run_id, n)
     columns["span_id"] = _arrow.int64(spans)
@@ -218,6 +202,22 @@ def _columns(batch: Sequence[tuple[Any, ...]], fields: Sequence[int]) -> list[li
     which cost eight times as much.
     """
     return [list(map(itemgetter(i), batch)) for i in fields]
+
+
+def _trailing_columns(
+    batch: Sequence[tuple[Any, ...]], fields: Sequence[int]
+) -> list[list[Any]] | None:
+    """Trailing ``fields`` that only some events have, one list each (None where an event
+    lacks them), or None when no event has them."""
+    width = fields[-1] + 1
+    having = list(map(len, batch)).count(width)
+    if not having:
+        return None
+    if having == len(batch):
+        return _columns(batch, fields)
+    # Padded with Nones, a short event's missing fields read as None.
+    padded = list(map(add, batch, repeat((None,) * len(fields))))
+    return _columns(padded, fields)
 
 
 def _ints(batch: Sequence[tuple[Any, ...]], field: int) -> Any:
