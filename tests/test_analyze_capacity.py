@@ -178,15 +178,17 @@ def test_cli_capacity_and_bad_input(stressed_store, tmp_path):
         capacity(Selection(), store, event="predict", slo="p99<60ms", rate=0)
 
 
-@pytest.mark.slow
-def test_capacity_is_checked_against_a_real_stress_run(tmp_path):
-    """A real `lapse stress` on a callable that sleeps 5 ms, Poisson arrivals at 60% load on
-    one generator process: capacity reads the service time from calls made outside the
-    stress run, recognises the run as one M/G/1 queue, and predicts its measured p99
-    response time, never optimistically."""
+STEADY_CV = 0.3
+"""Measured calls of ``sleep(5 ms)`` have a CV of about 0.1 (0.13 with both cores busy with
+other work); well above that, something (disk-heavy work, in the case seen) stretched some of
+them, and the sample no longer describes the service."""
+
+
+def _measure_and_stress(store):
+    """300 calls of the 5 ms service outside any stress run, then a real `lapse stress` of
+    the same callable at about 60% load on one generator process; the capacity result."""
     from tests import stress_targets
 
-    store = tmp_path / "store"
     lapse.configure(dir=store, flush_interval="1h")
     timed = lapse.timed("svc")(stress_targets.sleep_5ms)
     for _ in range(300):
@@ -197,7 +199,25 @@ def test_capacity_is_checked_against_a_real_stress_run(tmp_path):
                     "--rate", "110", "--arrivals", "poisson", "--workers", "1",
                     "--duration", "6s", "--seed", "3", "-q", store=store, timeout=120)
     assert run.returncode == 0, run.stderr
-    result = capacity(Selection(), store, event="svc", slo="p99<50ms")
+    return capacity(Selection(), store, event="svc", slo="p99<50ms")
+
+
+@pytest.mark.slow
+def test_capacity_is_checked_against_a_real_stress_run(tmp_path):
+    """A real `lapse stress` on a callable that sleeps 5 ms, Poisson arrivals at 60% load on
+    one generator process: capacity reads the service time from calls made outside the
+    stress run, recognises the run as one M/G/1 queue, and predicts its measured p99
+    response time, never optimistically.
+
+    The prediction is only as good as the service times it is given: when other work on
+    the machine stretched the 300 measured calls (CV above STEADY_CV), the model rightly
+    predicts a slow queue that the later stress run does not see, so the test measures
+    again in a fresh store (at most three times)."""
+    for attempt in range(3):
+        result = _measure_and_stress(tmp_path / f"store{attempt}")
+        if result.cv_service < STEADY_CV:
+            break
+    assert result.cv_service < STEADY_CV, f"machine too busy: service CV {result.cv_service:.2f}"
     assert result.calls == 300  # service times from outside the stress run only
     (check,) = result.stress
     assert (check.workers, check.queues) == (1, 1)
