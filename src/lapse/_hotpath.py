@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from lapse._config import DEBUG, MINIMAL, OFF
 from lapse._recorder import GLOBAL, RECORDER
+from lapse._signature import with_parameters_of
 
 if TYPE_CHECKING:
     from lapse._instrument import Instrument
@@ -248,11 +249,25 @@ def _stack(frame: FrameType | None) -> tuple[CodeType | int, ...]:
     return tuple(frames)
 
 
-def _wrap_function(  # noqa: PLR0915 - the hot path is written out in full, see below
+def _wrap_function(instrument: Instrument, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a sync function, with its own parameters where it can (see ``lapse._signature``).
+
+    An instrument that captures arguments needs them as ``args`` and ``kwargs``,
+    so it keeps the ``*args, **kwargs`` wrapper.
+    """
+    factory = None if instrument.capture else with_parameters_of(_wrap_sync, fn)
+    return (factory or _wrap_sync)(instrument, fn)
+
+
+def _wrap_sync(  # noqa: PLR0915 - the hot path is written out in full, see below
     instrument: Instrument, fn: Callable[..., Any]
 ) -> Callable[..., Any]:
-    # The hot path, written out in full rather than through _open/_finish: each
-    # helper call would add about 60 ns to every call at standard level.
+    """The sync wrapper; also the template ``lapse._signature`` recompiles, so its inner
+    function must stay ``timed_function(*args, **kwargs)`` calling ``fn(*args, **kwargs)``.
+
+    Written out in full rather than through ``_open``/``_finish``: each helper
+    call would add about 60 ns to every call at standard level.
+    """
     recorder = RECORDER
     buffer = recorder.buffer
     append = buffer.append
