@@ -69,6 +69,13 @@ QUICK = {
     "import_reps": 7,
 }
 
+INFORMATION = {
+    # lapse's wrapper takes the function's own parameters; so does this floor.
+    "minimal_over_floor_own": "minimal / floor declared (x) (added ns)",
+    "standard_over_floor_own": "standard / floor declared (x) (added ns)",
+}
+"""Ratios shown beside the targets, with no target of their own."""
+
 TARGETS = {
     "minimal_over_floor": ("minimal / floor (added ns)", "<=", 1.5),
     "standard_over_floor": ("standard / floor (added ns)", "<=", 3.0),
@@ -216,6 +223,27 @@ def floor_decorator(sink):
     return decorate
 
 
+def floor_own_parameters_decorator(sink):
+    """The floor declared with the function's one parameter, as lapse declares its wrapper:
+    the call builds no ``args`` tuple or ``kwargs`` dict (about 65 ns less here)."""
+
+    def decorate(fn):
+        clock = perf_counter_ns
+        append = sink.append
+
+        @functools.wraps(fn)
+        def wrapper(x):
+            t0 = clock()
+            try:
+                return fn(x)
+            finally:
+                append((t0, clock() - t0))
+
+        return wrapper
+
+    return decorate
+
+
 def logging_decorator(logger):
     """Log each call's duration (what many teams do before they adopt a tool)."""
 
@@ -322,6 +350,7 @@ def bench_overhead(cfg, workdir):
         variants[level] = lapse.timed(f"f_{level}", level=level)(f)
     variants["debug_slow"] = lapse.timed("f_debug_slow", level="debug", slow="1s")(f)
     variants["floor"] = floor_decorator(floor_sink)(f)
+    variants["floor_own"] = floor_own_parameters_decorator(floor_sink)(f)
     variants["logging"] = logging_decorator(logger)(f)
     variants["prometheus"] = histogram.time()(f)
     variants["otel"] = otel_decorator(tracer)(f)
@@ -394,6 +423,8 @@ def bench_overhead(cfg, workdir):
         "standard_over_floor": ratio("standard", "floor"),
         "otel_over_minimal": ratio("otel", "minimal"),
         "debug_slow_over_standard": ratio("debug_slow", "standard"),
+        "minimal_over_floor_own": ratio("minimal", "floor_own"),
+        "standard_over_floor_own": ratio("standard", "floor_own"),
     }
     return {
         "rounds": cfg["rounds"],
@@ -727,6 +758,8 @@ def check_targets(results):
     p_dearer = {}
     if "overhead" in results:
         for key, ratio in results["overhead"]["ratios"].items():
+            if key not in TARGETS:
+                continue
             measured[key] = ratio["value"]
             p_dearer[key] = ratio["p_dearer"]
     if "loss" in results:
@@ -778,6 +811,7 @@ def report(results):
             "bare": "bare function", "off": "lapse off", "minimal": "lapse minimal",
             "standard": "lapse standard", "debug": "lapse debug",
             "debug_slow": "lapse debug, slow=1s", "floor": "floor (2 clock reads + append)",
+            "floor_own": "floor, declared (x) not (*args, **kwargs)",
             "logging": "logging to a file", "prometheus": "prometheus Histogram.time()",
             "otel": "OpenTelemetry SDK span",
         }
@@ -791,7 +825,8 @@ def report(results):
                          rows))
         out.append("")
         ratio_rows = [
-            (TARGETS[key][0], f"{r['value']:.2f}", f"{r['per_round_median']:.2f}",
+            (TARGETS[key][0] if key in TARGETS else INFORMATION[key], f"{r['value']:.2f}",
+             f"{r['per_round_median']:.2f}",
              f"{r['per_round_q1']:.2f}-{r['per_round_q3']:.2f}",
              f"{r['rounds_dearer']}/{res['rounds']} (p {r['p_dearer']:.2f})")
             for key, r in res["ratios"].items()
