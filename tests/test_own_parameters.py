@@ -175,6 +175,35 @@ def test_a_template_without_readable_source_is_not_rebuilt():
     assert _signature.with_parameters_of(namespace["template"], lambda x: x) is None
 
 
+TEMPLATE = """
+def template(instrument, fn):
+    \"\"\"A minimal template.\"\"\"
+    def timed_function(*args, **kwargs):
+        return instrument, fn(*args, **kwargs)
+    return timed_function
+"""
+
+
+def test_a_template_changed_on_disk_since_import_is_not_rebuilt(tmp_path, monkeypatch):
+    """If the template's file changed after import (an upgrade under a running process),
+    its source no longer describes the running code: the generic wrapper is used."""
+    import importlib
+    import linecache
+
+    (tmp_path / "fresh_template.py").write_text(TEMPLATE)
+    (tmp_path / "stale_template.py").write_text(TEMPLATE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fresh = importlib.import_module("fresh_template").template
+    stale = importlib.import_module("stale_template").template
+    (tmp_path / "stale_template.py").write_text(
+        TEMPLATE.replace("return instrument, fn", "print(instrument)\n        return fn"))
+    linecache.clearcache()
+    make = _signature.with_parameters_of(fresh, lambda x: x)
+    assert make is not None
+    assert make("i", lambda x: x * 2)(x=4) == ("i", 8)
+    assert _signature.with_parameters_of(stale, lambda x: x) is None
+
+
 # -- any parameter list ---------------------------------------------------------------
 
 names = st.sampled_from([*TEMPLATE_NAMES[:12], "X", "y", "batch", "self", "model", "a", "b"])

@@ -102,15 +102,26 @@ def with_parameters_of(
 def _factory(
     template: Callable[..., Callable[..., Any]], shape: Shape
 ) -> Callable[..., Callable[..., Any]] | None:
-    """The template recompiled for one parameter shape (None if its source is not readable)."""
-    import __future__
-
+    """The template recompiled for one parameter shape (None if its source is not readable,
+    or no longer the code that runs)."""
     import ast
 
     source = _template_source(template)
     if source is None:
         return None
-    tree = _rebuilt(ast.parse(source), shape, _template_locals(template))
+    try:
+        return _compiled(template, _rebuilt(ast.parse(source), shape, _template_locals(template)))
+    except Exception:  # noqa: BLE001 - decorating must not fail: the generic wrapper works
+        return None
+
+
+def _compiled(
+    template: Callable[..., Callable[..., Any]], tree: ast.Module | str
+) -> Callable[..., Callable[..., Any]]:
+    """The factory a (changed) copy of the template's source defines, in the template's
+    module namespace."""
+    import __future__
+
     code = compile(tree, template.__code__.co_filename, "exec",
                    flags=__future__.annotations.compiler_flag, dont_inherit=True)
     namespace: dict[str, Any] = {}
@@ -120,15 +131,31 @@ def _factory(
 
 
 @functools.lru_cache(maxsize=8)
-def _template_source(template: Callable[..., Any]) -> str | None:
-    """The template's source, after blank lines that keep its line numbers in the file."""
+def _template_source(template: Callable[..., Callable[..., Any]]) -> str | None:
+    """The template's source, after blank lines that keep its line numbers in the file.
+
+    None when it cannot be read, or when it no longer compiles to the template's own
+    code (the file changed on disk since it was imported, as during an upgrade).
+    """
     import inspect
 
     try:
-        source = inspect.getsource(template)
-    except (OSError, TypeError):
+        source = "\n" * (template.__code__.co_firstlineno - 1) + inspect.getsource(template)
+        current = _fingerprint(_compiled(template, source).__code__) == _fingerprint(
+            template.__code__)
+    except Exception:  # noqa: BLE001 - decorating must not fail: the generic wrapper works
         return None
-    return "\n" * (template.__code__.co_firstlineno - 1) + source
+    return source if current else None
+
+
+def _fingerprint(code: CodeType) -> tuple[Any, ...]:
+    """What a stale source would change in a code object and its nested ones: names and
+    lines (not the bytecode, which the compiler emits a little differently for a lone
+    function than for the same function in its module)."""
+    nested = tuple(_fingerprint(const) for const in code.co_consts if isinstance(const, CodeType))
+    lines = frozenset(line for _, _, line in code.co_lines())
+    return (code.co_name, code.co_names, code.co_varnames, code.co_cellvars, code.co_freevars,
+            code.co_firstlineno, lines, nested)
 
 
 def _template_locals(template: Callable[..., Any]) -> frozenset[str]:
