@@ -177,8 +177,9 @@ def _rebuilt(tree: ast.Module, shape: Shape, local_names: frozenset[str]) -> ast
     assert isinstance(factory, ast.FunctionDef)
     nodes = list(ast.walk(factory))
     (inner,) = (node for node in nodes if isinstance(node, ast.FunctionDef) and node.name == INNER)
-    # The template's own names that a parameter would shadow get the prefix; a global
-    # or builtin renamed so is bound once at the top of the factory.
+    # The template's own names that a parameter would shadow get the prefix wherever
+    # they are bound or read; a global or builtin renamed so is bound once at the top of
+    # the factory.
     used = {node.id for node in nodes if isinstance(node, ast.Name)}
     clashes = parameters & used
     for node in nodes:
@@ -186,8 +187,10 @@ def _rebuilt(tree: ast.Module, shape: Shape, local_names: frozenset[str]) -> ast
             node.id = PREFIX + node.id
         elif isinstance(node, ast.arg) and node.arg in clashes:
             node.arg = PREFIX + node.arg
-        elif isinstance(node, ast.FunctionDef) and node.name in clashes:
+        elif isinstance(node, ast.FunctionDef | ast.ExceptHandler) and node.name in clashes:
             node.name = PREFIX + node.name
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            node.names = [PREFIX + name if name in clashes else name for name in node.names]
     start = int(ast.get_docstring(factory) is not None)
     factory.body[start:start] = [
         ast.Assign(targets=[ast.Name(PREFIX + name, ast.Store())], value=ast.Name(name, ast.Load()),
