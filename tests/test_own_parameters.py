@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import keyword
+from types import CodeType
 from typing import Any
 
 import pytest
@@ -29,13 +30,18 @@ examples = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
+def _names_in(code: CodeType) -> set[str]:
+    """Every name a code object and those nested in it bind or read (and attribute names)."""
+    names = {*code.co_names, *code.co_varnames, *code.co_cellvars, *code.co_freevars}
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _names_in(const)
+    return names
+
+
 # Names the hot path's template binds or reads (locals, cells, globals, builtins):
 # a parameter named like one of them must not change what the wrapper does.
-TEMPLATE_NAMES = sorted(
-    _signature._template_locals(_hotpath._wrap_sync)
-    | {"len", "type", "next", "MINIMAL", "OFF", "NEVER", "thread_time_ns", "_captured",
-       "_own_cell", "_debug_detail", "_getframe", "BaseException"}
-)
+TEMPLATE_NAMES = sorted(_names_in(_hotpath._wrap_sync.__code__))
 
 
 def events(name: str) -> list[dict[str, Any]]:
