@@ -23,8 +23,6 @@ import lapse
 from lapse import _hotpath, _signature
 
 LEVELS = ["off", "minimal", "standard", "debug"]
-CO_VARARGS = 0x04
-CO_VARKEYWORDS = 0x08
 
 examples = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -53,7 +51,8 @@ def is_generic(wrapper: Any) -> bool:
     """Whether ``wrapper`` is the ``(*args, **kwargs)`` wrapper, not a rebuilt one."""
     code = wrapper.__code__
     return (code.co_argcount, code.co_kwonlyargcount) == (0, 0) and code.co_varnames[:2] == (
-        "args", "kwargs") and bool(code.co_flags & CO_VARARGS and code.co_flags & CO_VARKEYWORDS)
+        "args", "kwargs") and bool(
+        code.co_flags & inspect.CO_VARARGS and code.co_flags & inspect.CO_VARKEYWORDS)
 
 
 @pytest.mark.parametrize("level", LEVELS)

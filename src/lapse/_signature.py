@@ -2,8 +2,8 @@
 
 A wrapper declared ``(*args, **kwargs)`` that calls ``fn(*args, **kwargs)`` makes
 a tuple and two dicts on every call and takes CPython's slow generic call path:
-about 65 ns a call here, more than lapse's own work at ``minimal``. A wrapper
-declared ``(X)`` that calls ``fn(X)`` costs about 15 ns.
+about 75 ns a call more than a wrapper declared ``(x)`` that calls ``fn(x)`` (the
+two floors of ``benchmarks/overhead.py``), a third of what ``minimal`` adds.
 
 So the sync hot path is written once, as ordinary code (``_hotpath._wrap_sync``,
 whose inner ``timed_function(*args, **kwargs)`` calls ``fn(*args, **kwargs)``),
@@ -11,7 +11,7 @@ and for each shape of parameter list this module recompiles that source with the
 function's parameters in both places. Everything else in the generated code is
 the template's, line for line: tracebacks point at the template's lines in
 ``_hotpath.py``. The rebuilt factory is cached per parameter shape (compiling one
-takes about 2 ms), so a module of functions taking ``(self, X)`` compiles it once.
+takes about 2.5 ms, section 5 of the benchmark), so a module of functions taking ``(self, X)`` compiles it once.
 
 Defaults are not copied into the source: the generated wrapper gets the
 function's own ``__defaults__`` and ``__kwdefaults__`` tuples, the very objects,
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 INNER = "timed_function"
 """The name of the wrapper defined inside a template factory."""
 PREFIX = "_lapse_"
-CO_VARARGS = 0x04
-CO_VARKEYWORDS = 0x08
 
 Shape = tuple[tuple[str, ...], tuple[str, ...], int, str | None, tuple[str, ...],
               tuple[bool, ...], str | None]
@@ -54,25 +52,25 @@ keyword-only has default, **name): what the generated source depends on."""
 def shape_of(fn: Callable[..., Any]) -> Shape | None:
     """The parameter shape of a plain Python function, read from its code (not from
     ``__wrapped__`` or ``__signature__``, which may describe some other function)."""
+    from inspect import CO_VARARGS, CO_VARKEYWORDS  # already imported by the decorator
+
     if type(fn) is not FunctionType:
         return None
     code: CodeType = fn.__code__
-    names = code.co_varnames
-    positional = code.co_argcount
-    keyword_only = code.co_kwonlyargcount
-    end = positional + keyword_only
-    star = names[end] if code.co_flags & CO_VARARGS else None
-    end += bool(star)
-    double_star = names[end] if code.co_flags & CO_VARKEYWORDS else None
-    kwdefaults = fn.__kwdefaults__ or {}
-    kw_names = names[positional:positional + keyword_only]
-    shape: Shape = (names[:code.co_posonlyargcount], names[code.co_posonlyargcount:positional],
-                    len(fn.__defaults__ or ()), star, kw_names,
-                    tuple(name in kwdefaults for name in kw_names), double_star)
-    every = (*names[:positional], *kw_names, star or "", double_star or "")
-    if any(name.startswith(PREFIX) for name in every):
+    names = code.co_varnames  # positional, keyword-only, *name, **name, then locals
+    positional, keyword_only = code.co_argcount, code.co_kwonlyargcount
+    count = positional + keyword_only
+    star = names[count] if code.co_flags & CO_VARARGS else None
+    count += star is not None
+    double_star = names[count] if code.co_flags & CO_VARKEYWORDS else None
+    count += double_star is not None
+    if any(name.startswith(PREFIX) for name in names[:count]):
         return None
-    return shape
+    kw_names = names[positional:positional + keyword_only]
+    kwdefaults = fn.__kwdefaults__ or {}
+    return (names[:code.co_posonlyargcount], names[code.co_posonlyargcount:positional],
+            len(fn.__defaults__ or ()), star, kw_names,
+            tuple(name in kwdefaults for name in kw_names), double_star)
 
 
 def with_parameters_of(
