@@ -227,7 +227,8 @@ def floor_decorator(sink):
 
 def floor_own_parameters_decorator(sink):
     """The floor declared with the function's one parameter, as lapse declares its wrapper:
-    the call builds no ``args`` tuple or ``kwargs`` dict (the difference is what a generic wrapper costs)."""
+    the call builds no ``args`` tuple or ``kwargs`` dict (the difference between the two floors
+    is what a generic wrapper costs)."""
 
     def decorate(fn):
         clock = perf_counter_ns

@@ -11,7 +11,8 @@ and for each shape of parameter list this module recompiles that source with the
 function's parameters in both places. Everything else in the generated code is
 the template's, line for line: tracebacks point at the template's lines in
 ``_hotpath.py``. The rebuilt factory is cached per parameter shape (compiling one
-takes about 2.5 ms, section 5 of the benchmark), so a module of functions taking ``(self, X)`` compiles it once.
+takes about 2 ms, section 5 of the benchmark), so a module of functions taking
+``(self, X)`` compiles it once.
 
 Defaults are not copied into the source: the generated wrapper gets the
 function's own ``__defaults__`` and ``__kwdefaults__`` tuples, the very objects,
