@@ -10,6 +10,7 @@ replaying the run's schedule), while the uncorrected one hides the stall.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,38 +53,71 @@ def _check(doc: dict[str, Any], truth: dict[str, float], pressure: CpuPressure) 
         assert uncorrected[key] <= corrected[key] <= uncorrected[key] + lag["max"] + MS
 
 
-def test_http_percentiles_are_within_a_millisecond_of_the_servers(store):
+ATTEMPTS = 3
+
+
+def _check_undisturbed(measure: Callable[[Path], tuple[dict[str, Any], dict[str, float],
+                                                      CpuPressure]], tmp_path: Path) -> None:
+    """``_check`` a run of ``measure`` (in a fresh store), measuring again when it fails on a
+    run the machine disturbed.
+
+    Pressure averaged over the run misses bursts: a 2-core machine with 1% pressure still
+    wakes a thread several milliseconds late now and then, and corrected latency rightly
+    includes that. Four such wake-ups in 300 requests move a p99, and the calls' own timings
+    (the truth) cannot see them. A run whose generator left some request a millisecond or
+    more late (lapse's ``lag``) had such a burst, so a failed check on it is measured again,
+    at most ``ATTEMPTS`` times; a failure on an undisturbed run, or on the last attempt,
+    stands.
+    """
+    for attempt in range(ATTEMPTS):
+        doc, truth, pressure = measure(tmp_path / f"attempt{attempt}")
+        try:
+            _check(doc, truth, pressure)
+            return
+        except AssertionError:
+            if doc["lag"]["max"] < MS or attempt == ATTEMPTS - 1:
+                raise
+
+
+def test_http_percentiles_are_within_a_millisecond_of_the_servers(tmp_path):
     """100 requests/s to a 5 ms endpoint: median, p90 and p99, corrected and not, are within
     1 ms of the server's own timings."""
-    with serving() as server, CpuPressure() as pressure:
-        result = stress(server.url, "--rate", "100", "--duration", "3s", "--workers", "1",
-                        "--format", "json", store=store)
-        truth = _truth(server.durations_ns)
-    assert result.returncode == 0, result.stderr
-    doc = json.loads(result.stdout)
-    assert doc["requests"]["total"] == 300
-    assert SERVICE_S <= truth["p50"] < SERVICE_S + MS
-    _check(doc, truth, pressure)
+
+    def measure(where: Path) -> tuple[dict[str, Any], dict[str, float], CpuPressure]:
+        with serving() as server, CpuPressure() as pressure:
+            result = stress(server.url, "--rate", "100", "--duration", "3s", "--workers", "1",
+                            "--format", "json", store=where / "store")
+            truth = _truth(server.durations_ns)
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["requests"]["total"] == 300
+        assert SERVICE_S <= truth["p50"] < SERVICE_S + MS
+        return doc, truth, pressure
+
+    _check_undisturbed(measure, tmp_path)
 
 
-def test_callable_percentiles_are_within_a_millisecond_of_the_calls(store, tmp_path,
-                                                                    monkeypatch):
+def test_callable_percentiles_are_within_a_millisecond_of_the_calls(tmp_path, monkeypatch):
     """100 calls/s of a function sleeping 5 ms (one worker, two callers, so a call the OS
     delays does not hold up the next): every percentile within 1 ms of the sleeps the
     function itself timed."""
-    truth_dir = tmp_path / "truth"
-    truth_dir.mkdir()
-    monkeypatch.setenv("STRESS_TRUTH_DIR", str(truth_dir))
-    with CpuPressure() as pressure:
-        result = stress("tests.stress_targets:measured_sleep_5ms", "--rate", "100",
-                        "--duration", "3s", "--workers", "1", "--threads", "2",
-                        "--format", "json", store=store)
-    assert result.returncode == 0, result.stderr
-    doc = json.loads(result.stdout)
-    durations = [int(line) for path in truth_dir.glob("*.txt")
-                 for line in Path(path).read_text().split()]
-    assert len(durations) == doc["requests"]["total"] == 300
-    _check(doc, _truth(durations), pressure)
+
+    def measure(where: Path) -> tuple[dict[str, Any], dict[str, float], CpuPressure]:
+        truth_dir = where / "truth"
+        truth_dir.mkdir(parents=True)
+        monkeypatch.setenv("STRESS_TRUTH_DIR", str(truth_dir))
+        with CpuPressure() as pressure:
+            result = stress("tests.stress_targets:measured_sleep_5ms", "--rate", "100",
+                            "--duration", "3s", "--workers", "1", "--threads", "2",
+                            "--format", "json", store=where / "store")
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        durations = [int(line) for path in truth_dir.glob("*.txt")
+                     for line in Path(path).read_text().split()]
+        assert len(durations) == doc["requests"]["total"] == 300
+        return doc, _truth(durations), pressure
+
+    _check_undisturbed(measure, tmp_path)
 
 
 def _replay(intended: np.ndarray, connections: int, service: float, stall: tuple[float, float],
