@@ -238,7 +238,7 @@ def test_wsgi_middleware_under_gunicorn_workers(tmp_path, store):
     assert boom["error_type"] == "ValueError"
     assert json.loads(boom["attrs"])["http.response.status_code"] == 500
     pids = {row["pid"] for row in rows}
-    assert len(pids) <= 2
-    runs = lapse.sql("select count(*) as n from runs", store).to_pylist()[0]["n"]
-    assert runs == 2  # one run per worker process
+    assert 1 <= len(pids) <= 2  # a worker still starting when the requests end serves none
+    run_pids = [row["pid"] for row in lapse.sql("select pid from runs", store).to_pylist()]
+    assert sorted(run_pids) == sorted(pids)  # one run per worker that served, none for others
     assert check_nesting(store, {"GET /items/<int:item_id>"}) == 2 * (calls + 1)
