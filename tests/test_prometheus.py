@@ -87,6 +87,7 @@ def test_a_taken_port_is_a_warning_not_a_failure(caplog):
 
 
 SERVICE = """
+import os
 import time
 
 import lapse
@@ -98,8 +99,9 @@ app.wsgi_app = LapseWSGIMiddleware(app.wsgi_app)
 
 
 @app.get("/ping")
-def ping():
-    return "ok"
+def ping():  # slow enough that two at once are served by two workers
+    time.sleep(0.05)
+    return str(os.getpid())
 
 
 @app.get("/work")
@@ -238,12 +240,18 @@ def test_prometheus_scrapes_gunicorn_workers_consistently_with_lapse_report(
     command = gunicorn_command("service", port, workers=2, extra=["-c", "gunicorn_conf.py"])
     with (serve(command, tmp_path, port, env=env, ready_path="/ping") as base,
           httpx.Client(base_url=base, trust_env=False) as client):
-        def get(ms: int) -> str:
-            return client.get("/work", params={"ms": ms}, headers={"Connection": "close"}).text
+        def get(path: str, **params: int) -> str:
+            return client.get(path, params=params, headers={"Connection": "close"}).text
 
         # two at a time: a sync worker serves one request at once, so both workers serve
+        # once both have started (the first to start answers the readiness check alone)
         with ThreadPoolExecutor(2) as pool:
-            assert set(pool.map(get, durations_ms)) == {"done"}
+            workers: set[str] = set()
+            deadline = time.monotonic() + 30
+            while len(workers) < 2:
+                assert time.monotonic() < deadline, f"only {workers} answered in 30 s"
+                workers.update(pool.map(get, ["/ping"] * 2))
+            assert set(pool.map(lambda ms: get("/work", ms=ms), durations_ms)) == {"done"}
         deadline = time.monotonic() + 30
         count = None
         while time.monotonic() < deadline:  # a flush interval, then a scrape interval
