@@ -307,7 +307,7 @@ def test_payload_items_are_the_callables_arguments(store):
     assert doc["requests"]["total"] == 40
     stats = doc["latency"]["uncorrected"]
     assert 0.002 <= stats["min"] < 0.004
-    assert 0.008 <= stats["max"] < 0.012
+    assert stats["max"] >= 0.008  # no upper bound: one late wake-up of the OS sets a max
     assert 0.002 <= stats["lower_hinge"] < 0.004
     assert 0.008 <= stats["upper_hinge"] < 0.012
 
