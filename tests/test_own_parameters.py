@@ -28,6 +28,7 @@ examples = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
+
 def _names_in(code: CodeType) -> set[str]:
     """Every name a code object and those nested in it bind or read (and attribute names)."""
     names = {*code.co_names, *code.co_varnames, *code.co_cellvars, *code.co_freevars}
@@ -81,11 +82,8 @@ def test_parameters_named_like_the_wrappers_own_names(level):
     (names the wrapper uses) gets exactly its arguments, and nests and records as any other."""
     lapse.configure(level=level)
     names = [name for name in TEMPLATE_NAMES if not keyword.iskeyword(name)]
-    source = (f"def clash({', '.join(names)}):\n"
-              f"    return {{{', '.join(f'{name!r}: {name}' for name in names)}}}\n")
-    namespace: dict[str, Any] = {}
-    exec(source, namespace)
-    plain = namespace["clash"]
+    as_dict = ", ".join(f"{name!r}: {name}" for name in names)
+    plain = _with_parameters(names, f"return {{{as_dict}}}")
     timed = lapse.timed("clash")(plain)
     outer = lapse.timed("outer")(lambda: timed(*range(len(names))))
     assert not is_generic(timed)
